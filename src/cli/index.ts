@@ -1,0 +1,27 @@
+import { Command } from "commander";
+import { RegionVqaError } from "../common/errors.js";
+
+/** Each command lives in `./commands/<name>.ts` and adds itself to the program. */
+type CommandModule = { register(program: Command): void };
+const commandModules: Array<() => Promise<CommandModule>> = [];
+
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command("region-vqa")
+    .description("Ask questions about a region of an image (Alpha-CLIP + LLaVA-1.5)")
+    .showHelpAfterError()
+    .exitOverride();
+  for (const load of commandModules) (await load()).register(program);
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number };
+    if (typeof e.code === "string" && e.code.startsWith("commander.")) return e.exitCode ?? 1;
+    if (err instanceof RegionVqaError) {
+      console.error(`region-vqa: ${err.message} [${err.code}]`);
+      return 2;
+    }
+    console.error(err);
+    return 1;
+  }
+}

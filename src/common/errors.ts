@@ -1,0 +1,91 @@
+/**
+ * Typed errors with a stable machine-readable `code`. Every stage throws these for bad input or
+ * bad files; `src/api` maps codes to HTTP statuses in one place (see `httpStatusFor`).
+ */
+export type ErrorCode =
+  // input images and regions
+  | "image_missing"
+  | "image_undecodable"
+  | "image_too_large"
+  | "image_too_many_pixels"
+  | "mask_undecodable"
+  | "mask_size_mismatch"
+  | "region_empty"
+  | "region_invalid"
+  | "box_invalid"
+  | "polygon_invalid"
+  | "rle_invalid"
+  | "too_many_regions"
+  // requests
+  | "invalid_request"
+  | "question_too_long"
+  | "conversation_not_found"
+  | "context_full"
+  | "unauthorized"
+  | "payload_too_large"
+  | "unsupported_media_type"
+  | "remote_fetch_forbidden"
+  | "overloaded"
+  | "timeout"
+  | "aborted"
+  // models and files
+  | "checkpoint_invalid"
+  | "model_invalid"
+  | "model_not_found"
+  | "model_mismatch"
+  | "device_unavailable"
+  | "native_incompatible"
+  | "download_failed"
+  | "checksum_mismatch"
+  | "internal";
+
+export class RegionVqaError extends Error {
+  readonly code: ErrorCode;
+  readonly details?: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>) {
+    super(message);
+    this.name = "RegionVqaError";
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function isRegionVqaError(err: unknown): err is RegionVqaError {
+  return err instanceof RegionVqaError;
+}
+
+/** The one place where error codes become HTTP statuses. */
+export function httpStatusFor(code: ErrorCode): number {
+  switch (code) {
+    case "unauthorized":
+      return 401;
+    case "remote_fetch_forbidden":
+      return 403;
+    case "conversation_not_found":
+    case "model_not_found":
+      return 404;
+    case "timeout":
+      return 408;
+    case "payload_too_large":
+    case "image_too_large":
+      return 413;
+    case "unsupported_media_type":
+      return 415;
+    case "overloaded":
+      return 503;
+    case "aborted":
+      return 499;
+    case "checkpoint_invalid":
+    case "model_invalid":
+    case "model_mismatch":
+    case "device_unavailable":
+    case "native_incompatible":
+    case "download_failed":
+    case "checksum_mismatch":
+    case "internal":
+      return 500;
+    default:
+      return 400;
+  }
+}
