@@ -1,0 +1,3 @@
+export * from "./float16.js";
+export * from "./writer.js";
+export * from "./reader.js";
