@@ -18,6 +18,7 @@ export type ErrorCode =
   | "too_many_regions"
   // requests
   | "invalid_request"
+  | "route_not_found"
   | "question_too_long"
   | "conversation_not_found"
   | "context_full"
@@ -63,6 +64,7 @@ export function httpStatusFor(code: ErrorCode): number {
     case "remote_fetch_forbidden":
       return 403;
     case "conversation_not_found":
+    case "route_not_found":
     case "model_not_found":
       return 404;
     case "timeout":
