@@ -125,8 +125,14 @@ export class ZipFile {
         const len = cd.readUInt16LE(e + 2);
         if (id === 0x0001) {
           let q = e + 4;
-          if (size === 0xffffffff) ((size = readU64(cd, q)), (q += 8));
-          if (compressedSize === 0xffffffff) ((compressedSize = readU64(cd, q)), (q += 8));
+          if (size === 0xffffffff) {
+            size = readU64(cd, q);
+            q += 8;
+          }
+          if (compressedSize === 0xffffffff) {
+            compressedSize = readU64(cd, q);
+            q += 8;
+          }
           if (localHeaderOffset === 0xffffffff) localHeaderOffset = readU64(cd, q);
         }
         e += 4 + len;
