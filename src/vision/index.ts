@@ -1,0 +1,28 @@
+/** Public surface of the vision stage: decode -> region -> preprocess -> encoder. */
+export type { RgbImage, Mask, Region, Box, Polygon, CocoRle } from "./types.js";
+export {
+  decodeImage,
+  decodeMaskImage,
+  DEFAULT_DECODE_LIMITS,
+  SUPPORTED_IMAGE_FORMATS,
+  type DecodeLimits,
+  type DecodedImage,
+} from "./decode.js";
+export { regionToMask, boxToMask, alphaToMask, ALPHA_REGION_THRESHOLD } from "./region.js";
+export { rasterizePolygons } from "./polygon.js";
+export { decodeRle, encodeRle, decodeRleString, encodeRleString, maskToRleCounts } from "./rle.js";
+export { pillowResizeBicubic } from "./pillow-resize.js";
+export {
+  preprocessForLlava,
+  preprocessForAlphaClipReadme,
+  padToSquare,
+  normalizeClip,
+  CLIP_MEAN,
+  CLIP_STD,
+  LLAVA_PAD_COLOR,
+  LLAVA_ALPHA_FOREGROUND,
+  LLAVA_ALPHA_BACKGROUND,
+  type LlavaPreprocessed,
+  type ReadmePreprocessed,
+  type ReadmePreprocessOptions,
+} from "./preprocess.js";

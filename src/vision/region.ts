@@ -1,0 +1,127 @@
+import { RegionVqaError } from "../common/errors.js";
+import { rasterizePolygons } from "./polygon.js";
+import { decodeRle } from "./rle.js";
+import type { Box, Mask, Region } from "./types.js";
+
+/** Alpha levels at or above this are inside the region ("alpha channel of an RGBA image" regions). */
+export const ALPHA_REGION_THRESHOLD = 128;
+
+function countOnes(mask: Mask): number {
+  let n = 0;
+  for (let i = 0; i < mask.data.length; i++) n += mask.data[i];
+  return n;
+}
+
+/**
+ * An image's alpha channel as a region: pixels with alpha >= 128 (at least half opaque) are inside.
+ * Half-opaque is the threshold because soft cut-out edges should neither grow nor shrink the region.
+ */
+export function alphaToMask(alpha: Uint8Array, width: number, height: number): Mask {
+  if (alpha.length !== width * height) {
+    throw new RegionVqaError(
+      "mask_size_mismatch",
+      `The alpha channel has ${alpha.length} values; the image has ${width * height} pixels.`,
+    );
+  }
+  const data = new Uint8Array(width * height);
+  for (let i = 0; i < data.length; i++) data[i] = alpha[i] >= ALPHA_REGION_THRESHOLD ? 1 : 0;
+  return { width, height, data };
+}
+
+/**
+ * A box [x1, y1, x2, y2] in pixel coordinates (x to the right, y down, the image spans [0, W] x [0, H]).
+ * Pixel (x, y) is inside when its centre (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2). Boxes reaching
+ * outside the image are refused rather than clamped: a wrong coordinate system should fail loudly.
+ */
+export function boxToMask(box: Box, width: number, height: number): Mask {
+  if (!Array.isArray(box) || box.length !== 4) {
+    throw new RegionVqaError("box_invalid", "Invalid box: expected [x1, y1, x2, y2].");
+  }
+  if (!box.every((v) => typeof v === "number" && Number.isFinite(v))) {
+    throw new RegionVqaError(
+      "box_invalid",
+      `Invalid box [${box.join(", ")}]: all four values must be finite numbers.`,
+    );
+  }
+  const [x1, y1, x2, y2] = box;
+  if (!(x2 > x1) || !(y2 > y1)) {
+    throw new RegionVqaError("box_invalid", `Invalid box [${box.join(", ")}]: needs x2 > x1 and y2 > y1.`);
+  }
+  if (x1 < 0 || y1 < 0 || x2 > width || y2 > height) {
+    throw new RegionVqaError(
+      "box_invalid",
+      `Invalid box [${box.join(", ")}]: it reaches outside the ${width}x${height} image (valid: 0 <= x1 < x2 <= ${width}, 0 <= y1 < y2 <= ${height}).`,
+    );
+  }
+  const data = new Uint8Array(width * height);
+  const xFrom = Math.ceil(x1 - 0.5);
+  const xTo = Math.ceil(x2 - 0.5);
+  const yFrom = Math.ceil(y1 - 0.5);
+  const yTo = Math.ceil(y2 - 0.5);
+  for (let y = yFrom; y < yTo; y++) data.fill(1, y * width + xFrom, y * width + xTo);
+  return { width, height, data };
+}
+
+function checkMask(mask: Mask, width: number, height: number): Mask {
+  if (!mask || !(mask.data instanceof Uint8Array)) {
+    throw new RegionVqaError(
+      "region_invalid",
+      "Invalid mask region: expected {width, height, data: Uint8Array}.",
+    );
+  }
+  if (mask.width !== width || mask.height !== height) {
+    throw new RegionVqaError(
+      "mask_size_mismatch",
+      `The mask is ${mask.width}x${mask.height} but the image is ${width}x${height}; masks must have the image's size.`,
+    );
+  }
+  if (mask.data.length !== width * height) {
+    throw new RegionVqaError(
+      "region_invalid",
+      `The mask has ${mask.data.length} values; ${width}x${height} needs ${width * height}.`,
+    );
+  }
+  const data = new Uint8Array(width * height);
+  for (let i = 0; i < data.length; i++) data[i] = mask.data[i] ? 1 : 0;
+  return { width, height, data };
+}
+
+/**
+ * Any region form -> a 0/1 mask of the image's size. Throws `region_empty` when no pixel is inside
+ * (an empty region would silently mean "background only" to the encoder), and the form's own error
+ * code (`box_invalid`, `polygon_invalid`, `rle_invalid`, `mask_size_mismatch`, `region_invalid`) for
+ * malformed input.
+ */
+export function regionToMask(region: Region, width: number, height: number): Mask {
+  if (!region || typeof region !== "object")
+    throw new RegionVqaError("region_invalid", "Invalid region: expected an object with a `kind`.");
+  let mask: Mask;
+  switch (region.kind) {
+    case "whole":
+      return { width, height, data: new Uint8Array(width * height).fill(1) };
+    case "mask":
+      mask = checkMask(region.mask, width, height);
+      break;
+    case "box":
+      mask = boxToMask(region.box, width, height);
+      break;
+    case "polygon":
+      mask = rasterizePolygons(region.polygons, width, height);
+      break;
+    case "rle":
+      mask = decodeRle(region.rle, width, height);
+      break;
+    default:
+      throw new RegionVqaError(
+        "region_invalid",
+        `Unknown region kind ${JSON.stringify((region as { kind?: unknown }).kind)}; expected mask, box, polygon, rle or whole.`,
+      );
+  }
+  if (countOnes(mask) === 0) {
+    throw new RegionVqaError(
+      "region_empty",
+      `The ${region.kind} region covers no pixel of the ${width}x${height} image.`,
+    );
+  }
+  return mask;
+}
