@@ -331,8 +331,8 @@ describe("COCO RLE", () => {
     // well-formed but without foreground: 6 background pixels
     expect(bad({ size: [2, 3], counts: "6" })).toThrow(code("region_empty"));
     expect(onesAt(regionToMask({ kind: "rle", rle: { size: [2, 3], counts: "33" } }, 3, 2))).toEqual([
-      "1,1",
       "2,0",
+      "1,1",
       "2,1",
     ]);
   });
