@@ -1,0 +1,27 @@
+/** Checkpoint -> ONNX conversion of the Alpha-CLIP visual encoder. */
+export {
+  inspectAlphaClipStateDict,
+  type AlphaClipVisionConfig,
+  type InspectedCheckpoint,
+} from "./alpha-clip-config.js";
+export {
+  appendAlphaClipVisionNodes,
+  ALPHA_INPUT,
+  IMAGE_EMBED_OUTPUT,
+  IMAGE_INPUT,
+  LLAVA_FEATURES_OUTPUT,
+  type AlphaClipGraphOptions,
+  type AlphaClipGraphValues,
+} from "./alpha-clip-graph.js";
+export {
+  convertVisionCheckpoint,
+  sha256File,
+  VISION_ONNX_FILE,
+  writeAlphaClipModelFolder,
+  type AlphaClipVisionManifest,
+  type ConvertVisionOptions,
+  type Logger,
+  type VisionGraphExtension,
+  type VisionManifestConfig,
+  type WriteVisionFolderOptions,
+} from "./model-folder.js";
