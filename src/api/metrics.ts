@@ -1,0 +1,84 @@
+/**
+ * Prometheus metrics of one server: HTTP requests per route, pipeline stage timings, queue depth and
+ * cache hits. The pipeline reports into it through the small `PipelineMetricsSink` interface, so it
+ * needs no knowledge of prom-client or HTTP.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+/** What a pipeline may report. Every method is optional to call and cheap. */
+export interface PipelineMetricsSink {
+  /** One stage (e.g. "decode", "encode", "project", "prefill", "generate") took `seconds`. */
+  observeStage(stage: string, seconds: number): void;
+  /** Requests waiting for (or holding) an engine right now. */
+  setQueueDepth(queue: string, depth: number): void;
+  /** A cache lookup (e.g. cache "image_features") hit or missed. */
+  recordCache(cache: string, hit: boolean): void;
+  /** Tokens produced or consumed ("prompt" | "completion"). */
+  addTokens(kind: "prompt" | "completion", count: number): void;
+}
+
+export class ServerMetrics implements PipelineMetricsSink {
+  readonly registry = new Registry();
+  readonly httpRequests = new Counter({
+    name: "region_vqa_http_requests_total",
+    help: "HTTP requests by route, method and status code",
+    labelNames: ["route", "method", "status"] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new Histogram({
+    name: "region_vqa_http_request_duration_seconds",
+    help: "HTTP request latency by route (until the response ends, streams included)",
+    labelNames: ["route", "method"] as const,
+    buckets: [0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  });
+  readonly stageDuration = new Histogram({
+    name: "region_vqa_pipeline_stage_duration_seconds",
+    help: "Time spent in each pipeline stage",
+    labelNames: ["stage"] as const,
+    buckets: [0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly queueDepth = new Gauge({
+    name: "region_vqa_queue_depth",
+    help: "Requests waiting for or using a pipeline engine",
+    labelNames: ["queue"] as const,
+    registers: [this.registry],
+  });
+  readonly cacheLookups = new Counter({
+    name: "region_vqa_cache_lookups_total",
+    help: "Pipeline cache lookups by cache and result",
+    labelNames: ["cache", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly tokens = new Counter({
+    name: "region_vqa_tokens_total",
+    help: "Prompt and completion tokens processed",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({
+    name: "region_vqa_http_requests_in_flight",
+    help: "HTTP requests being served now",
+    registers: [this.registry],
+  });
+
+  constructor(options: { collectProcessMetrics?: boolean } = {}) {
+    if (options.collectProcessMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry, prefix: "region_vqa_" });
+    }
+  }
+
+  observeStage(stage: string, seconds: number): void {
+    this.stageDuration.observe({ stage }, seconds);
+  }
+  setQueueDepth(queue: string, depth: number): void {
+    this.queueDepth.set({ queue }, depth);
+  }
+  recordCache(cache: string, hit: boolean): void {
+    this.cacheLookups.inc({ cache, result: hit ? "hit" : "miss" });
+  }
+  addTokens(kind: "prompt" | "completion", count: number): void {
+    if (count > 0) this.tokens.inc({ kind }, count);
+  }
+}

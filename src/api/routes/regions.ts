@@ -1,0 +1,312 @@
+/**
+ * The native REST API: region captions and region question answering (multi-turn, streamed or not).
+ * Both take JSON (images as base64 / data URLs) or multipart/form-data (image and mask files).
+ */
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
+import { RegionVqaError } from "../../common/errors.js";
+import type { ServerConfig } from "../../config.js";
+import type { AnswerResult, AnswerStream, Conversation } from "../../pipeline/types.js";
+import { errorBody, toRegionVqaError } from "../errors.js";
+import {
+  bearerAuth,
+  checkQuestion,
+  clientAbortSignal,
+  EventStream,
+  generationOptions,
+  type GenerationFields,
+  type PipelineHolder,
+} from "../http.js";
+import { bytesFromField, regionSpecsFromBody, resolveRegions } from "../input.js";
+import type { ServerMetrics } from "../metrics.js";
+import { errorResponses, generationFields, jsonRegionFields, multipartRegionFields } from "../schemas.js";
+
+export interface RegionRoutesOptions {
+  pipeline: PipelineHolder;
+  config: ServerConfig;
+  metrics: ServerMetrics;
+}
+
+type Body = Record<string, unknown> & GenerationFields;
+
+function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens">) {
+  return {
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.promptTokens + r.completionTokens,
+  };
+}
+
+/** Multipart `options` (a JSON object) is merged into the form before validation. */
+async function mergeMultipartOptions(request: FastifyRequest): Promise<void> {
+  if (!request.isMultipart()) return;
+  const body = (request.body ?? {}) as Record<string, unknown>;
+  let options = body.options;
+  if (options instanceof Uint8Array) options = Buffer.from(options).toString("utf8");
+  if (typeof options === "string" && options.trim() !== "") {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(options);
+    } catch {
+      throw new RegionVqaError("invalid_request", "The options field is not valid JSON.");
+    }
+    if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) {
+      throw new RegionVqaError("invalid_request", "The options field must be a JSON object.");
+    }
+    for (const [k, v] of Object.entries(parsed)) if (body[k] === undefined) body[k] = v;
+  }
+  delete body.options;
+  request.body = body;
+}
+
+function bodySchemas(fields: Record<string, unknown>, required: string[] = []) {
+  const jsonFields = { ...jsonRegionFields, ...generationFields, ...fields };
+  const multipartFields = { ...jsonRegionFields, ...multipartRegionFields, ...generationFields, ...fields };
+  // Cloned: compiling the file keyword rewrites its schema object, which must not leak to other routes.
+  return structuredClone({
+    content: {
+      "application/json": { schema: { type: "object", properties: jsonFields, required } },
+      "multipart/form-data": { schema: { type: "object", properties: multipartFields, required } },
+    },
+  });
+}
+
+const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pipeline, config, metrics }) => {
+  const limits = config.limits;
+  app.addHook("onRequest", bearerAuth(config.apiKey));
+
+  app.post(
+    "/v1/regions/caption",
+    {
+      preValidation: mergeMultipartOptions,
+      schema: {
+        tags: ["regions"],
+        summary: "Caption one or more regions of an image",
+        description:
+          "One caption per region, in the order given (`regions`, then `region`, then the `mask`, `box`, " +
+          "`polygon`, `rle` fields). All regions of one image are encoded in one batch.",
+        body: bodySchemas({
+          regions: { type: "array", description: "A list of regions (see `region`).", items: {} },
+          detail: {
+            type: "string",
+            enum: ["short", "long"],
+            default: "short",
+            description: "Caption length.",
+          },
+        }),
+        response: {
+          200: {
+            type: "object",
+            properties: {
+              model: { type: "string" },
+              captions: {
+                type: "array",
+                items: {
+                  type: "object",
+                  properties: {
+                    index: { type: "integer" },
+                    caption: { type: "string" },
+                    finish_reason: { type: "string", enum: ["stop", "length", "abort"] },
+                    usage: { $ref: "Usage#" },
+                  },
+                },
+              },
+              usage: { $ref: "Usage#" },
+            },
+          },
+          ...errorResponses,
+        },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as Body;
+      const p = pipeline.get();
+      const image = bytesFromField(body.image, "image", {
+        missing: "image_missing",
+        undecodable: "image_undecodable",
+      });
+      const specs = regionSpecsFromBody(body, limits);
+      const { regions } = await resolveRegions(image, specs, limits);
+      const detail = (body.detail as "short" | "long" | undefined) ?? "short";
+      const options = generationOptions(body, limits, clientAbortSignal(request, reply));
+      const results = await p.captionRegions(image, regions, { ...options, detail });
+      let prompt = 0;
+      let completion = 0;
+      for (const r of results) {
+        prompt += r.promptTokens;
+        completion += r.completionTokens;
+      }
+      metrics.addTokens("prompt", prompt);
+      metrics.addTokens("completion", completion);
+      return {
+        model: p.models.id,
+        captions: results.map((r, index) => ({
+          index,
+          caption: r.text.trim(),
+          finish_reason: r.finishReason,
+          usage: usageOf(r),
+        })),
+        usage: usageOf({ promptTokens: prompt, completionTokens: completion }),
+      };
+    },
+  );
+
+  app.post(
+    "/v1/regions/ask",
+    {
+      preValidation: mergeMultipartOptions,
+      schema: {
+        tags: ["regions"],
+        summary: "Ask a question about a region; follow-ups continue the conversation",
+        description:
+          "First turn: an image, one region and a question; the answer carries a `conversation_id`. " +
+          "Follow-up: the `conversation_id` and a question, no image. With `stream: true` the answer " +
+          "arrives as server-sent events: `conversation` {conversation_id, model}, then `delta` {text} " +
+          "pieces, then `done` {conversation_id, answer, finish_reason, usage}, or `error` {error}.",
+        body: bodySchemas(
+          {
+            question: { type: "string", description: "The question (or follow-up)." },
+            conversation_id: { type: "string", description: "Continue this conversation (send no image)." },
+            stream: {
+              type: "boolean",
+              default: false,
+              description: "Stream the answer as server-sent events.",
+            },
+            system_prompt: {
+              type: "string",
+              description: "Replaces the default system prompt (first turn only).",
+            },
+          },
+          ["question"],
+        ),
+        response: {
+          200: {
+            description: "The answer (JSON), or a text/event-stream when `stream` is true.",
+            type: "object",
+            properties: {
+              conversation_id: { type: "string" },
+              model: { type: "string" },
+              answer: { type: "string" },
+              finish_reason: { type: "string", enum: ["stop", "length", "abort"] },
+              turns: { type: "integer", description: "Finished turns in the conversation so far." },
+              usage: { $ref: "Usage#" },
+            },
+          },
+          ...errorResponses,
+        },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as Body;
+      const p = pipeline.get();
+      const question = checkQuestion(body.question, limits);
+      const signal = clientAbortSignal(request, reply);
+      const options = generationOptions(body, limits, signal);
+
+      let conversation: Conversation;
+      let opened = false;
+      if (typeof body.conversation_id === "string" && body.conversation_id !== "") {
+        const hasImageOrRegion = ["image", "mask", "region", "regions", "box", "polygon", "rle"].some(
+          (k) => body[k] !== undefined && body[k] !== "",
+        );
+        if (hasImageOrRegion) {
+          throw new RegionVqaError(
+            "invalid_request",
+            "A follow-up continues its conversation's image and region: send conversation_id and question only.",
+          );
+        }
+        const found = p.getConversation(body.conversation_id);
+        if (!found) {
+          throw new RegionVqaError(
+            "conversation_not_found",
+            `No conversation "${body.conversation_id}" (it may have expired); start again with an image.`,
+          );
+        }
+        conversation = found;
+      } else {
+        const image = bytesFromField(body.image, "image", {
+          missing: "image_missing",
+          undecodable: "image_undecodable",
+        });
+        const specs = regionSpecsFromBody(body, limits);
+        if (specs.length > 1) {
+          throw new RegionVqaError(
+            "invalid_request",
+            `A question is about one region; the request states ${specs.length}.`,
+          );
+        }
+        const { regions } = await resolveRegions(image, specs, limits);
+        conversation = await p.openConversation(image, regions[0], {
+          systemPrompt:
+            typeof body.system_prompt === "string" && body.system_prompt !== ""
+              ? body.system_prompt
+              : undefined,
+        });
+        opened = true;
+      }
+
+      let answer: AnswerStream;
+      let iterator: AsyncIterator<string>;
+      let first: IteratorResult<string>;
+      try {
+        answer = conversation.ask(question, options);
+        iterator = answer[Symbol.asyncIterator]();
+        // Wait for the first piece before answering, so early failures get a proper status code.
+        first = await iterator.next();
+      } catch (err) {
+        if (opened) await conversation.close().catch(() => undefined);
+        throw err;
+      }
+
+      const finish = (result: AnswerResult, text: string) => {
+        metrics.addTokens("prompt", result.promptTokens);
+        metrics.addTokens("completion", result.completionTokens);
+        return {
+          conversation_id: conversation.id,
+          model: p.models.id,
+          answer: text.trim(),
+          finish_reason: result.finishReason,
+          turns: conversation.turns.length,
+          usage: usageOf(result),
+        };
+      };
+
+      if (body.stream !== true) {
+        let text = first.done ? "" : first.value;
+        for (let step = first; !step.done;) {
+          step = await iterator.next();
+          if (!step.done) text += step.value;
+        }
+        return finish(await answer.result, text);
+      }
+
+      return streamAnswer(reply, conversation.id, p.models.id, iterator, first, answer, finish);
+    },
+  );
+};
+
+async function streamAnswer(
+  reply: FastifyReply,
+  conversationId: string,
+  model: string,
+  iterator: AsyncIterator<string>,
+  first: IteratorResult<string>,
+  answer: AnswerStream,
+  finish: (result: AnswerResult, text: string) => unknown,
+): Promise<void> {
+  const events = new EventStream(reply);
+  events.send({ conversation_id: conversationId, model }, "conversation");
+  let text = "";
+  try {
+    for (let step = first; !step.done; step = await iterator.next()) {
+      text += step.value;
+      events.send({ text: step.value }, "delta");
+    }
+    events.send(finish(await answer.result, text), "done");
+  } catch (err) {
+    // Headers are gone: the failure travels as an event.
+    events.send(errorBody(toRegionVqaError(err)), "error");
+  }
+  events.end();
+}
+
+export default regionsRoutes;

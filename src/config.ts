@@ -1,0 +1,269 @@
+/**
+ * One typed configuration object for the server, built from (in this order, later wins):
+ * built-in defaults, a JSON config file, `REGION_VQA_*` environment variables, command-line flags.
+ */
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { RegionVqaError } from "./common/errors.js";
+
+export interface ServerLimits {
+  /** Largest request body in bytes (JSON with base64 images, or the whole multipart body). */
+  maxBodyBytes: number;
+  /** Largest image (and mask) in pixels, width x height. */
+  maxImagePixels: number;
+  /** Most regions in one caption request. */
+  maxRegions: number;
+  /** Longest question (or chat message text) in characters. */
+  maxQuestionChars: number;
+  /** Highest `max_tokens` a request may ask for; also the default when a request gives none. */
+  maxTokens: number;
+  /** Most messages in one chat-completions request. */
+  maxMessages: number;
+  /** Most polygon vertices in one region (all rings together). */
+  maxPolygonPoints: number;
+}
+
+export interface RemoteImageConfig {
+  /** URL prefixes (e.g. "https://images.example.com/") that `image_url` may point at. Empty = none. */
+  allow: string[];
+  maxBytes: number;
+  timeoutMs: number;
+}
+
+export interface ModelPaths {
+  /** Alpha-CLIP vision ONNX folder. */
+  vision: string;
+  /** Projector file (or folder). */
+  projector: string;
+  /** LLM GGUF file. */
+  llm: string;
+}
+
+export interface ServerConfig {
+  host: string;
+  port: number;
+  models: ModelPaths;
+  /** CPU threads for the LLM and for ONNX Runtime. */
+  threads: number;
+  /** Bearer key required on /v1/* when set. */
+  apiKey?: string;
+  /** Origins allowed by CORS; empty = CORS off. "*" allows any origin. */
+  corsOrigins: string[];
+  limits: ServerLimits;
+  remoteImages: RemoteImageConfig;
+  /** Fastify request logging. */
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+}
+
+/** A partial config: what a file, the environment or flags may set. */
+export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "remoteImages" | "models">> & {
+  limits?: Partial<ServerLimits>;
+  remoteImages?: Partial<RemoteImageConfig>;
+  models?: Partial<ModelPaths>;
+};
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+/** The bundled default model lives in `models/` at the package root. */
+export const defaultModelPaths: ModelPaths = {
+  vision: path.join(repoRoot, "models", "vision"),
+  projector: path.join(repoRoot, "models", "projector"),
+  llm: path.join(repoRoot, "models", "llm", "model.gguf"),
+};
+
+export const defaultConfig: ServerConfig = {
+  host: "127.0.0.1",
+  port: 8080,
+  models: defaultModelPaths,
+  threads: 2,
+  corsOrigins: [],
+  limits: {
+    maxBodyBytes: 20 * 1024 * 1024,
+    maxImagePixels: 4096 * 4096,
+    maxRegions: 16,
+    maxQuestionChars: 2000,
+    maxTokens: 512,
+    maxMessages: 64,
+    maxPolygonPoints: 10_000,
+  },
+  remoteImages: { allow: [], maxBytes: 10 * 1024 * 1024, timeoutMs: 10_000 },
+  logLevel: "warn",
+};
+
+/** Each environment variable, the config field it sets and how it is read. Listed by `serve --help`. */
+export const environmentVariables: Array<{ name: string; field: string; help: string }> = [
+  { name: "REGION_VQA_HOST", field: "host", help: "address to listen on" },
+  { name: "REGION_VQA_PORT", field: "port", help: "port to listen on (0 = any free port)" },
+  { name: "REGION_VQA_VISION", field: "models.vision", help: "Alpha-CLIP vision model folder" },
+  { name: "REGION_VQA_PROJECTOR", field: "models.projector", help: "projector file or folder" },
+  { name: "REGION_VQA_LLM", field: "models.llm", help: "LLM .gguf file" },
+  { name: "REGION_VQA_THREADS", field: "threads", help: "CPU threads for the models" },
+  { name: "REGION_VQA_API_KEY", field: "apiKey", help: "bearer key required on /v1/* (off when unset)" },
+  {
+    name: "REGION_VQA_CORS_ORIGINS",
+    field: "corsOrigins",
+    help: "comma-separated CORS origins (off when unset)",
+  },
+  { name: "REGION_VQA_MAX_BODY_BYTES", field: "limits.maxBodyBytes", help: "largest request body in bytes" },
+  { name: "REGION_VQA_MAX_IMAGE_PIXELS", field: "limits.maxImagePixels", help: "largest image in pixels" },
+  { name: "REGION_VQA_MAX_REGIONS", field: "limits.maxRegions", help: "most regions per caption request" },
+  { name: "REGION_VQA_MAX_QUESTION_CHARS", field: "limits.maxQuestionChars", help: "longest question" },
+  { name: "REGION_VQA_MAX_TOKENS", field: "limits.maxTokens", help: "highest max_tokens (and the default)" },
+  { name: "REGION_VQA_MAX_MESSAGES", field: "limits.maxMessages", help: "most messages per chat request" },
+  { name: "REGION_VQA_MAX_POLYGON_POINTS", field: "limits.maxPolygonPoints", help: "most polygon vertices" },
+  {
+    name: "REGION_VQA_REMOTE_IMAGE_ALLOW",
+    field: "remoteImages.allow",
+    help: "comma-separated URL prefixes image_url may fetch (none when unset)",
+  },
+  {
+    name: "REGION_VQA_REMOTE_IMAGE_MAX_BYTES",
+    field: "remoteImages.maxBytes",
+    help: "largest fetched image",
+  },
+  { name: "REGION_VQA_REMOTE_IMAGE_TIMEOUT_MS", field: "remoteImages.timeoutMs", help: "fetch time limit" },
+  { name: "REGION_VQA_LOG_LEVEL", field: "logLevel", help: "fatal|error|warn|info|debug|trace|silent" },
+];
+
+const numericFields = new Set([
+  "port",
+  "threads",
+  "limits.maxBodyBytes",
+  "limits.maxImagePixels",
+  "limits.maxRegions",
+  "limits.maxQuestionChars",
+  "limits.maxTokens",
+  "limits.maxMessages",
+  "limits.maxPolygonPoints",
+  "remoteImages.maxBytes",
+  "remoteImages.timeoutMs",
+]);
+const listFields = new Set(["corsOrigins", "remoteImages.allow"]);
+
+function setField(target: Record<string, unknown>, field: string, value: unknown): void {
+  const parts = field.split(".");
+  let obj = target;
+  for (const part of parts.slice(0, -1)) {
+    if (typeof obj[part] !== "object" || obj[part] === null) obj[part] = {};
+    obj = obj[part] as Record<string, unknown>;
+  }
+  obj[parts[parts.length - 1]] = value;
+}
+
+function parseValue(field: string, raw: string, source: string): unknown {
+  if (numericFields.has(field)) {
+    const n = Number(raw);
+    if (raw.trim() === "" || !Number.isInteger(n) || n < 0) {
+      throw new RegionVqaError("invalid_request", `${source} must be a whole number >= 0, got "${raw}"`);
+    }
+    return n;
+  }
+  if (listFields.has(field)) {
+    return raw
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0);
+  }
+  return raw;
+}
+
+/** Reads `REGION_VQA_*` variables into a partial config. */
+export function configFromEnvironment(env: NodeJS.ProcessEnv = process.env): ServerConfigInput {
+  const out: Record<string, unknown> = {};
+  for (const { name, field } of environmentVariables) {
+    const raw = env[name];
+    if (raw === undefined || raw === "") continue;
+    setField(out, field, parseValue(field, raw, name));
+  }
+  return out as ServerConfigInput;
+}
+
+/** Reads a JSON config file (same shape as `ServerConfig`, every field optional). */
+export function configFromFile(file: string): ServerConfigInput {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new RegionVqaError("invalid_request", `cannot read config file ${file}: ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new RegionVqaError("invalid_request", `config file ${file} is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new RegionVqaError("invalid_request", `config file ${file} must hold a JSON object`);
+  }
+  // Relative model paths in a file are relative to the file, not to the working directory.
+  const input = parsed as ServerConfigInput;
+  if (input.models) {
+    const dir = path.dirname(path.resolve(file));
+    for (const key of ["vision", "projector", "llm"] as const) {
+      const p = input.models[key];
+      if (typeof p === "string") input.models[key] = path.resolve(dir, p);
+    }
+  }
+  return input;
+}
+
+function mergeInto(base: ServerConfig, layer: ServerConfigInput | undefined): ServerConfig {
+  if (!layer) return base;
+  const defined = <T extends object>(o: T | undefined): Partial<T> =>
+    Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
+  const { limits, remoteImages, models, ...rest } = layer;
+  return {
+    ...base,
+    ...defined(rest),
+    limits: { ...base.limits, ...defined(limits) },
+    remoteImages: { ...base.remoteImages, ...defined(remoteImages) },
+    models: { ...base.models, ...defined(models) },
+  };
+}
+
+function validate(config: ServerConfig): ServerConfig {
+  const problems: string[] = [];
+  if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
+    problems.push(`port must be 0..65535, got ${config.port}`);
+  }
+  if (!Number.isInteger(config.threads) || config.threads < 1) problems.push("threads must be >= 1");
+  for (const [key, value] of Object.entries(config.limits)) {
+    if (!Number.isInteger(value) || value < 1) problems.push(`limits.${key} must be a whole number >= 1`);
+  }
+  for (const key of ["maxBytes", "timeoutMs"] as const) {
+    const v = config.remoteImages[key];
+    if (!Number.isInteger(v) || v < 1) problems.push(`remoteImages.${key} must be a whole number >= 1`);
+  }
+  if (!Array.isArray(config.corsOrigins) || !config.corsOrigins.every((o) => typeof o === "string")) {
+    problems.push("corsOrigins must be a list of strings");
+  }
+  if (!Array.isArray(config.remoteImages.allow))
+    problems.push("remoteImages.allow must be a list of strings");
+  for (const prefix of config.remoteImages.allow) {
+    if (!/^https?:\/\/[^/]+\//.test(prefix)) {
+      problems.push(
+        `remoteImages.allow entries must be http(s) URL prefixes ending after a host and "/": "${prefix}"`,
+      );
+    }
+  }
+  if (problems.length > 0) {
+    throw new RegionVqaError("invalid_request", `bad configuration: ${problems.join("; ")}`);
+  }
+  return config;
+}
+
+/** Defaults, then the file, then the environment, then flags. */
+export function loadConfig(
+  options: {
+    file?: string;
+    env?: NodeJS.ProcessEnv;
+    flags?: ServerConfigInput;
+  } = {},
+): ServerConfig {
+  let config = structuredClone(defaultConfig);
+  if (options.file) config = mergeInto(config, configFromFile(options.file));
+  config = mergeInto(config, configFromEnvironment(options.env ?? process.env));
+  config = mergeInto(config, options.flags);
+  return validate(config);
+}
