@@ -3,7 +3,9 @@ import { RegionVqaError } from "../common/errors.js";
 
 /** Each command lives in `./commands/<name>.ts` and adds itself to the program. */
 type CommandModule = { register(program: Command): void };
-const commandModules: Array<() => Promise<CommandModule>> = [];
+const commandModules: Array<() => Promise<CommandModule>> = [
+  () => import("./commands/convert-vision.js"),
+];
 
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("region-vqa")
