@@ -173,7 +173,7 @@ export class TemporaryPipelineDouble implements RegionVqaPipeline {
     const id = `conv-${this.nextId++}`;
     const turns: Turn[] = [...(options.history ?? [])];
     const conversations = this.conversations;
-    const self = this;
+    const stream = this.stream.bind(this);
     const conversation: Conversation = {
       id,
       turns,
@@ -181,7 +181,7 @@ export class TemporaryPipelineDouble implements RegionVqaPipeline {
         const words = `Turn ${turns.length + 1}: the region has ${facts}; you asked "${question}".`.split(
           " ",
         );
-        return self.stream(words, opts, (answer) => turns.push({ question, answer }));
+        return stream(words, opts, (answer) => turns.push({ question, answer }));
       },
       async close() {
         conversations.delete(id);
