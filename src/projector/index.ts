@@ -17,3 +17,4 @@ export {
 } from "./projector.js";
 export type { ProjectorDevice } from "./ort-session.js";
 export { PROJECTOR_ONNX_FILE, writeProjectorFolder } from "./folder.js";
+export { convertFusedVisionProjector, fusedProjectorExtension, type FusedProjectorConfig } from "./fused.js";
