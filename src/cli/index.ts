@@ -5,6 +5,7 @@ import { RegionVqaError } from "../common/errors.js";
 type CommandModule = { register(program: Command): void };
 const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/convert-vision.js"),
+  () => import("./commands/convert-projector.js"),
 ];
 
 export async function main(argv: string[]): Promise<number> {
