@@ -47,6 +47,36 @@ describe("region-vqa convert-projector", () => {
     expect(maxAbsDiff(a.w2, b.w2)).toBe(0);
   });
 
+  it("convert-vision --projector writes a fused folder", async () => {
+    const out = path.join(dir, "fused");
+    const checkpoint = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
+    const stdout = vi.spyOn(process.stdout, "write").mockImplementation(() => true);
+    const stderr = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
+    let code: number;
+    try {
+      code = await main([
+        "node",
+        "region-vqa",
+        "convert-vision",
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        out,
+        "--heads",
+        "4",
+        "--projector",
+        MMPROJ,
+      ]);
+    } finally {
+      stdout.mockRestore();
+      stderr.mockRestore();
+    }
+    expect(code).toBe(0);
+    const m = JSON.parse(readFileSync(path.join(out, "manifest.json"), "utf8"));
+    expect(m.kind).toBe("alpha-clip-llava-fused");
+    expect(m.config.outputs).toEqual(["projected"]);
+  });
+
   it("fails with a clear message and exit code 2 without an output", async () => {
     const stderr = vi.spyOn(console, "error").mockImplementation(() => undefined);
     try {

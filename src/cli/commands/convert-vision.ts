@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
+import { convertFusedVisionProjector } from "../../projector/index.js";
 import { convertVisionCheckpoint } from "../../vision/convert/index.js";
 
 function positiveInt(value: string): number {
@@ -27,6 +28,10 @@ export function register(program: Command): void {
         .default("fp32"),
     )
     .option("--name <name>", "model name for the manifest (default: the folder name)")
+    .option(
+      "--projector <file>",
+      "fuse a LLaVA projector (mmproj .gguf or LLaVA checkpoint) into the graph: one run outputs `projected`",
+    )
     .option("--force", "overwrite an existing model folder")
     .option("--json", "print the manifest as JSON")
     .action(
@@ -38,6 +43,7 @@ export function register(program: Command): void {
         name?: string;
         force?: boolean;
         json?: boolean;
+        projector?: string;
       }) => {
         if (!opts.force && fs.existsSync(path.join(opts.out, "manifest.json"))) {
           throw new RegionVqaError(
@@ -46,7 +52,12 @@ export function register(program: Command): void {
           );
         }
         const started = Date.now();
-        const manifest = await convertVisionCheckpoint({
+        // --projector (projector helper): same conversion with the projector appended after llava_features.
+        const convert = opts.projector
+          ? (o: Parameters<typeof convertVisionCheckpoint>[0]) =>
+              convertFusedVisionProjector({ ...o, projector: opts.projector! })
+          : convertVisionCheckpoint;
+        const manifest = await convert({
           checkpoint: opts.checkpoint,
           out: opts.out,
           heads: opts.heads,
