@@ -1,0 +1,142 @@
+/**
+ * The composed pipeline on real engines: ONNX Runtime (tiny Alpha-CLIP converted from the golden
+ * checkpoint), the golden tiny mmproj projector, and llama.cpp with a random 96-wide LLaMA. Random
+ * weights: these tests check plumbing, caching and equivalences, not answer quality.
+ */
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { isRegionVqaError } from "../src/common/errors.js";
+import { maxAbsDiff } from "../src/common/tensor.js";
+import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
+import { goldenAlphaClip, tinyModels } from "./support/tiny-models.js";
+
+const image = readFileSync(path.join(goldenAlphaClip, "test_image.png"));
+const maskPng = readFileSync(path.join(goldenAlphaClip, "test_mask.png"));
+
+describe("pipeline (tiny real models)", () => {
+  let pipeline: LocalRegionVqaPipeline;
+  const stages: PipelineStage[] = [];
+
+  beforeAll(async () => {
+    const models = await tinyModels();
+    pipeline = await createPipeline({
+      ...models,
+      device: "cpu",
+      visionThreads: 1,
+      llmThreads: 1,
+      maxConversations: 2,
+      onStage: (s) => stages.push(s),
+    });
+  });
+  afterAll(async () => {
+    await pipeline?.dispose();
+  });
+
+  it("embeds a region, caches it, and a second request skips the encoder", async () => {
+    const region = { kind: "box" as const, box: [10, 5, 60, 40] as [number, number, number, number] };
+    stages.length = 0;
+    const [first] = await pipeline.embedRegions(image, [region]);
+    expect(first.count).toBe(36);
+    expect(first.data.length).toBe(36 * 96);
+    expect(stages).toContain("encode");
+    const before = pipeline.stats().cache;
+    stages.length = 0;
+    const [second] = await pipeline.embedRegions(image, [region]);
+    expect(stages).not.toContain("encode");
+    expect(pipeline.stats().cache.hits).toBe(before.hits + 1);
+    expect(maxAbsDiff(first.data, second.data)).toBe(0);
+  });
+
+  it("batches several regions in one encoder run, equal to encoding each alone", async () => {
+    const regions = [
+      { kind: "box" as const, box: [0, 0, 30, 30] as [number, number, number, number] },
+      { kind: "box" as const, box: [40, 10, 90, 55] as [number, number, number, number] },
+      { kind: "whole" as const },
+    ];
+    stages.length = 0;
+    const batch = await pipeline.embedRegions(image, regions);
+    expect(stages.filter((s) => s === "encode")).toHaveLength(1);
+    expect(batch).toHaveLength(3);
+    // different regions -> different embeddings (the alpha channel reaches the model)
+    expect(maxAbsDiff(batch[0].data, batch[1].data)).toBeGreaterThan(1e-3);
+    pipeline.clearVisionCache();
+    for (let i = 0; i < regions.length; i++) {
+      const [alone] = await pipeline.embedRegions(image, [regions[i]]);
+      expect(maxAbsDiff(alone.data, batch[i].data)).toBeLessThan(1e-5);
+    }
+  });
+
+  it("matches the golden projector output for the golden mask (vision + projector end to end)", async () => {
+    const { decodeMaskImage } = await import("../src/vision/index.js");
+    const mask = await decodeMaskImage(maskPng, 97, 61);
+    const [emb] = await pipeline.embedRegions(image, [{ kind: "mask", mask }]);
+    const golden = readFileSync(
+      path.resolve(goldenAlphaClip, "../llava-projector-tiny/llava_mask_projected.bin"),
+    );
+    const expected = new Float32Array(golden.buffer, golden.byteOffset, golden.byteLength / 4);
+    expect(maxAbsDiff(emb.data, expected)).toBeLessThan(1e-4);
+  });
+
+  it("opens a conversation, streams an answer, and continues it by id", async () => {
+    const conv = await pipeline.openConversation(image, { kind: "whole" });
+    const pieces: string[] = [];
+    const stream = conv.ask("What is in the highlighted region?", { maxTokens: 5, temperature: 0 });
+    for await (const p of stream) pieces.push(p);
+    const result = await stream.result;
+    expect(result.completionTokens).toBeGreaterThan(0);
+    expect(result.completionTokens).toBeLessThanOrEqual(5);
+    expect(pieces.join("")).toBe(result.text);
+    expect(pipeline.getConversation(conv.id)).toBe(conv);
+    const follow = await pipeline
+      .getConversation(conv.id)!
+      .ask("And its colour?", { maxTokens: 3, temperature: 0 }).result;
+    expect(follow.completionTokens).toBeGreaterThan(0);
+    expect(conv.turns).toHaveLength(2);
+    await conv.close();
+    expect(pipeline.getConversation(conv.id)).toBeUndefined();
+  });
+
+  it("captions several regions and gives the same caption as asking each alone (greedy)", async () => {
+    const regions = [
+      { kind: "box" as const, box: [0, 0, 30, 30] as [number, number, number, number] },
+      { kind: "whole" as const },
+    ];
+    const captions = await pipeline.captionRegions(image, regions, { maxTokens: 6, temperature: 0 });
+    expect(captions).toHaveLength(2);
+    const alone = await pipeline.openConversation(image, regions[0]);
+    const a = await alone.ask("Describe the highlighted region briefly.", { maxTokens: 6, temperature: 0 })
+      .result;
+    await alone.close();
+    expect(a.text).toBe(captions[0].text);
+  });
+
+  it("refuses bad input with typed errors", async () => {
+    const codeOf = async (p: Promise<unknown>) => {
+      try {
+        await p;
+      } catch (err) {
+        if (isRegionVqaError(err)) return err.code;
+        throw err;
+      }
+      return "no error";
+    };
+    expect(await codeOf(pipeline.openConversation(Buffer.from("not an image"), { kind: "whole" }))).toBe(
+      "image_undecodable",
+    );
+    expect(await codeOf(pipeline.openConversation(image, { kind: "box", box: [5, 5, 5, 9] }))).toBe(
+      "box_invalid",
+    );
+    expect(
+      await codeOf(
+        pipeline.embedRegions(
+          image,
+          Array.from({ length: 17 }, () => ({ kind: "whole" as const })),
+        ),
+      ),
+    ).toBe("too_many_regions");
+    const conv = await pipeline.openConversation(image, { kind: "whole" });
+    expect(() => conv.ask("x".repeat(5000))).toThrow(/limit/);
+    await conv.close();
+  });
+});
