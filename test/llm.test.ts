@@ -163,7 +163,7 @@ for (const tied of [false, true]) {
     /** 40 "image" rows made of real token embeddings. */
     function fakeImage(seed: number): { tokens: Token[]; rows: Float32Array } {
       const rand = seededRandom(seed);
-      const tokens = Array.from({ length: 40 }, () => 300 + Math.floor(rand() * 30000));
+      const tokens = Array.from({ length: 40 }, () => (300 + Math.floor(rand() * 30000)) as Token);
       return { tokens, rows: embeddingRows(testModel.weights, tokens) };
     }
 
