@@ -26,3 +26,15 @@ export {
   type ReadmePreprocessed,
   type ReadmePreprocessOptions,
 } from "./preprocess.js";
+export { openStateDict, inMemoryStateDict, renameKeys, type StateDict, type TensorInfo } from "./checkpoint/index.js";
+export {
+  convertVisionCheckpoint,
+  writeAlphaClipModelFolder,
+  inspectAlphaClipStateDict,
+  appendAlphaClipVisionNodes,
+  type AlphaClipVisionConfig,
+  type AlphaClipVisionManifest,
+  type ConvertVisionOptions,
+  type VisionGraphExtension,
+  type WriteVisionFolderOptions,
+} from "./convert/index.js";
