@@ -217,3 +217,9 @@ export class TemporaryPipelineDouble implements RegionVqaPipeline {
     this.disposed = true;
   }
 }
+
+/** A response's JSON body, loosely typed for assertions. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export async function json(response: Response): Promise<any> {
+  return response.json();
+}

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   dataUrl,
+  json,
   makeImage,
   makeMask,
   readSse,
@@ -34,10 +35,10 @@ const post = (path: string, body: unknown) =>
 
 describe("ops endpoints", () => {
   it("answers /healthz, /readyz and /metrics", async () => {
-    expect(await (await fetch(`${server.url}/healthz`)).json()).toEqual({ status: "ok" });
+    expect(await json(await fetch(`${server.url}/healthz`))).toEqual({ status: "ok" });
     const ready = await fetch(`${server.url}/readyz`);
     expect(ready.status).toBe(200);
-    expect((await ready.json()).status).toBe("ready");
+    expect((await json(ready)).status).toBe("ready");
     await fetch(`${server.url}/healthz`);
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     expect(metrics).toMatch(
@@ -48,7 +49,7 @@ describe("ops endpoints", () => {
   });
 
   it("serves an OpenAPI document listing every endpoint, and a docs page", async () => {
-    const doc = await (await fetch(`${server.url}/docs/json`)).json();
+    const doc = await json(await fetch(`${server.url}/docs/json`));
     expect(doc.openapi).toMatch(/^3\./);
     for (const p of [
       "/v1/regions/caption",
@@ -81,7 +82,7 @@ describe("ops endpoints", () => {
       expect(r.status).toBe(503);
       const ask = await fetch(`${s.url}/v1/models`);
       expect(ask.status).toBe(503);
-      expect((await ask.json()).error.code).toBe("overloaded");
+      expect((await json(ask)).error.code).toBe("overloaded");
       finish(new TemporaryPipelineDouble());
       await new Promise((r) => setTimeout(r, 50));
       expect((await fetch(`${s.url}/readyz`)).status).toBe(200);
@@ -98,7 +99,7 @@ describe("POST /v1/regions/caption", () => {
       regions: [{ box: [0, 0, 32, 48] }, { box: "32,0,64,24" }, "whole"],
     });
     expect(r.status).toBe(200);
-    const body = await r.json();
+    const body = await json(r);
     expect(body.captions).toHaveLength(3);
     expect(body.captions.map((c: { index: number }) => c.index)).toEqual([0, 1, 2]);
     // The double reports what it measured in the region: 32x48 red pixels, 32x24 blue, all 64x48.
@@ -121,7 +122,7 @@ describe("POST /v1/regions/caption", () => {
     form.append("options", JSON.stringify({ detail: "long", max_tokens: 64 }));
     const r = await fetch(`${server.url}/v1/regions/caption`, { method: "POST", body: form });
     expect(r.status).toBe(200);
-    const body = await r.json();
+    const body = await json(r);
     expect(body.captions).toHaveLength(2);
     expect(body.captions[0].caption).toMatch(/^A long caption: a region of 100 pixels mostly blue/);
     expect(body.captions[1].caption).toContain("100 pixels mostly red");
@@ -130,7 +131,7 @@ describe("POST /v1/regions/caption", () => {
   it("uses the image's alpha channel when no region is given", async () => {
     const r = await post("/v1/regions/caption", { image: rgba.toString("base64") });
     expect(r.status).toBe(200);
-    expect((await r.json()).captions[0].caption).toContain("1536 pixels mostly blue");
+    expect((await json(r)).captions[0].caption).toContain("1536 pixels mostly blue");
   });
 });
 
@@ -142,13 +143,13 @@ describe("POST /v1/regions/ask", () => {
       question: "What colour?",
     });
     expect(r1.status).toBe(200);
-    const a1 = await r1.json();
+    const a1 = await json(r1);
     expect(a1.conversation_id).toEqual(expect.any(String));
     expect(a1.answer).toContain("256 pixels mostly red");
     expect(a1.turns).toBe(1);
     const r2 = await post("/v1/regions/ask", { conversation_id: a1.conversation_id, question: "And now?" });
     expect(r2.status).toBe(200);
-    const a2 = await r2.json();
+    const a2 = await json(r2);
     expect(a2.conversation_id).toBe(a1.conversation_id);
     expect(a2.answer).toMatch(/^Turn 2:/);
     expect(a2.turns).toBe(2);
@@ -156,7 +157,7 @@ describe("POST /v1/regions/ask", () => {
 
   it("honours max_tokens and stop", async () => {
     const r = await post("/v1/regions/ask", { image: dataUrl(image), question: "Q?", max_tokens: 3 });
-    const a = await r.json();
+    const a = await json(r);
     expect(a.finish_reason).toBe("length");
     expect(a.usage.completion_tokens).toBe(3);
     expect(a.answer.split(" ")).toHaveLength(3);
@@ -192,7 +193,7 @@ describe("POST /v1/regions/ask", () => {
     form.append("max_tokens", "40");
     const r = await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form });
     expect(r.status).toBe(200);
-    expect((await r.json()).answer).toContain("128 pixels mostly blue");
+    expect((await json(r)).answer).toContain("128 pixels mostly blue");
   });
 
   it("counts requests per route in /metrics", async () => {

@@ -47,10 +47,14 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
     // Base64 images make JSON bodies large; parsing is still linear. Keep prototype poisoning out.
     onProtoPoisoning: "error",
     onConstructorPoisoning: "error",
-    ajv: { plugins: [ajvBinaryFilePlugin] },
+    // No type coercion: a number sent where text belongs is an error, and coercion inside anyOf
+    // rewrites data (it unwraps one-element arrays). Multipart text fields are converted explicitly.
+    ajv: { customOptions: { coerceTypes: false }, plugins: [ajvBinaryFilePlugin] },
     return503OnClosing: true,
   });
   installErrorHandlers(app);
+  // Fastify parses text/plain by default; no route takes it, so it should be a 415 like any other type.
+  app.removeContentTypeParser("text/plain");
   for (const schema of sharedSchemas) app.addSchema(schema);
 
   // Request counts and latencies per route, measured until the socket response ends (streams too).

@@ -26,7 +26,13 @@ export {
   type ReadmePreprocessed,
   type ReadmePreprocessOptions,
 } from "./preprocess.js";
-export { openStateDict, inMemoryStateDict, renameKeys, type StateDict, type TensorInfo } from "./checkpoint/index.js";
+export {
+  openStateDict,
+  inMemoryStateDict,
+  renameKeys,
+  type StateDict,
+  type TensorInfo,
+} from "./checkpoint/index.js";
 export {
   convertVisionCheckpoint,
   writeAlphaClipModelFolder,

@@ -36,6 +36,15 @@ function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens">) {
   };
 }
 
+const typedFormFields: Record<string, "number" | "boolean"> = {
+  max_tokens: "number",
+  temperature: "number",
+  top_p: "number",
+  top_k: "number",
+  seed: "number",
+  stream: "boolean",
+};
+
 /** Multipart `options` (a JSON object) is merged into the form before validation. */
 async function mergeMultipartOptions(request: FastifyRequest): Promise<void> {
   if (!request.isMultipart()) return;
@@ -55,6 +64,18 @@ async function mergeMultipartOptions(request: FastifyRequest): Promise<void> {
     for (const [k, v] of Object.entries(parsed)) if (body[k] === undefined) body[k] = v;
   }
   delete body.options;
+  // Form fields are text: turn the typed ones into numbers and booleans before validation.
+  for (const [field, kind] of Object.entries(typedFormFields)) {
+    const value = body[field];
+    if (typeof value !== "string") continue;
+    const text = value.trim();
+    if (kind === "boolean") {
+      if (text === "true" || text === "1") body[field] = true;
+      else if (text === "false" || text === "0" || text === "") body[field] = false;
+    } else if (text !== "" && Number.isFinite(Number(text))) {
+      body[field] = Number(text);
+    }
+  }
   request.body = body;
 }
 

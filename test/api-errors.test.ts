@@ -1,0 +1,331 @@
+/**
+ * Every kind of bad input gets a 4xx JSON `{error: {code, message}}`, never a 500 or a hang. Most
+ * checks happen before the pipeline; the pipeline here is the temporary double (see api-support.ts)
+ * and only matters for the few requests that pass validation.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  dataUrl,
+  json,
+  makeImage,
+  makeMask,
+  startServer,
+  TemporaryPipelineDouble,
+  type RunningServer,
+} from "./api-support.js";
+
+let server: RunningServer;
+let image: string;
+let big: string;
+let wrongMask: string;
+let emptyMask: string;
+
+beforeAll(async () => {
+  server = await startServer(new TemporaryPipelineDouble(), {
+    limits: {
+      maxBodyBytes: 200_000,
+      maxImagePixels: 100 * 100,
+      maxRegions: 3,
+      maxQuestionChars: 50,
+      maxTokens: 100,
+    },
+  });
+  image = dataUrl(await makeImage(64, 48));
+  big = dataUrl(await makeImage(101, 100));
+  wrongMask = dataUrl(await makeMask(32, 32, [0, 0, 8, 8]));
+  emptyMask = dataUrl(await makeMask(64, 48, [0, 0, 0, 0]));
+});
+afterAll(async () => server?.close());
+
+async function expectError(response: Response, status: number, code: string): Promise<string> {
+  const text = await response.text();
+  expect(response.status, text).toBe(status);
+  expect(response.headers.get("content-type")).toMatch(/^application\/json/);
+  const body = JSON.parse(text);
+  expect(body.error.code).toBe(code);
+  expect(typeof body.error.message).toBe("string");
+  expect(body.error.message.length).toBeGreaterThan(5);
+  return body.error.message;
+}
+
+const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+  fetch(`${server.url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+
+describe("bad input to /v1/regions/ask", () => {
+  const cases: Array<[string, Record<string, unknown>, number, string]> = [
+    ["missing image", { question: "What?" }, 400, "image_missing"],
+    [
+      "undecodable image",
+      { image: Buffer.from("not an image").toString("base64"), question: "Q" },
+      400,
+      "image_undecodable",
+    ],
+    ["image not base64", { image: "%%%%", question: "Q" }, 400, "image_undecodable"],
+    ["image of the wrong type", { image: 42, question: "Q" }, 400, "invalid_request"],
+    ["too many pixels", { image: "BIG", question: "Q" }, 400, "image_too_many_pixels"],
+    ["mask of the wrong size", { image: "IMG", mask: "WRONG", question: "Q" }, 400, "mask_size_mismatch"],
+    ["empty mask", { image: "IMG", mask: "EMPTY", question: "Q" }, 400, "region_empty"],
+    ["box of 3 numbers", { image: "IMG", box: [1, 2, 3], question: "Q" }, 400, "box_invalid"],
+    ["box as text with a word", { image: "IMG", box: "1,2,x,4", question: "Q" }, 400, "box_invalid"],
+    ["box outside the image", { image: "IMG", box: [0, 0, 65, 10], question: "Q" }, 400, "box_invalid"],
+    ["box with x2 < x1", { image: "IMG", box: [10, 0, 5, 10], question: "Q" }, 400, "box_invalid"],
+    ["polygon of two points", { image: "IMG", polygon: [0, 0, 5, 5], question: "Q" }, 400, "polygon_invalid"],
+    [
+      "polygon with a string",
+      { image: "IMG", polygon: [0, 0, "a", 5, 5, 5], question: "Q" },
+      400,
+      "polygon_invalid",
+    ],
+    [
+      "zero-area polygon",
+      { image: "IMG", polygon: [0, 0, 10, 10, 20, 20], question: "Q" },
+      400,
+      "region_empty",
+    ],
+    ["RLE without size", { image: "IMG", rle: { counts: [1, 2] }, question: "Q" }, 400, "rle_invalid"],
+    [
+      "RLE of the wrong size",
+      { image: "IMG", rle: { size: [10, 10], counts: [50, 50] }, question: "Q" },
+      400,
+      "rle_invalid",
+    ],
+    [
+      "RLE counts not summing up",
+      { image: "IMG", rle: { size: [48, 64], counts: [5, 5] }, question: "Q" },
+      400,
+      "rle_invalid",
+    ],
+    [
+      "region of an unknown kind",
+      { image: "IMG", region: { kind: "circle" }, question: "Q" },
+      400,
+      "region_invalid",
+    ],
+    [
+      "region with two forms",
+      { image: "IMG", region: { box: [0, 0, 4, 4], polygon: [0, 0, 1, 1, 2, 0] }, question: "Q" },
+      400,
+      "region_invalid",
+    ],
+    ["alpha region without alpha", { image: "IMG", region: "alpha", question: "Q" }, 400, "region_invalid"],
+    [
+      "two regions for one question",
+      { image: "IMG", box: [0, 0, 4, 4], polygon: [0, 0, 4, 0, 4, 4], question: "Q" },
+      400,
+      "invalid_request",
+    ],
+    ["missing question", { image: "IMG" }, 400, "invalid_request"],
+    ["question of the wrong type", { image: "IMG", question: ["a"] }, 400, "invalid_request"],
+    ["too long a question", { image: "IMG", question: "x".repeat(51) }, 400, "question_too_long"],
+    [
+      "max_tokens of the wrong type",
+      { image: "IMG", question: "Q", max_tokens: "many" },
+      400,
+      "invalid_request",
+    ],
+    ["max_tokens above the limit", { image: "IMG", question: "Q", max_tokens: 1000 }, 400, "invalid_request"],
+    ["temperature out of range", { image: "IMG", question: "Q", temperature: 7 }, 400, "invalid_request"],
+    ["stream of the wrong type", { image: "IMG", question: "Q", stream: { yes: 1 } }, 400, "invalid_request"],
+    ["unknown conversation id", { conversation_id: "nope", question: "Q" }, 404, "conversation_not_found"],
+  ];
+  for (const [name, body, status, code] of cases) {
+    it(`${name} -> ${status} ${code}`, async () => {
+      const substituted = { ...body };
+      for (const [k, v] of Object.entries(substituted)) {
+        if (v === "IMG") substituted[k] = image;
+        if (v === "BIG") substituted[k] = big;
+        if (v === "WRONG") substituted[k] = wrongMask;
+        if (v === "EMPTY") substituted[k] = emptyMask;
+      }
+      await expectError(await post("/v1/regions/ask", substituted), status, code);
+    });
+  }
+
+  it("a follow-up that also sends an image is refused", async () => {
+    const first = await json(await post("/v1/regions/ask", { image, question: "Q" }));
+    await expectError(
+      await post("/v1/regions/ask", { conversation_id: first.conversation_id, image, question: "Q2" }),
+      400,
+      "invalid_request",
+    );
+  });
+});
+
+describe("bad requests in general", () => {
+  it("too many regions -> too_many_regions", async () => {
+    const regions = [0, 1, 2, 3].map((i) => ({ box: [i, 0, i + 4, 4] }));
+    await expectError(await post("/v1/regions/caption", { image, regions }), 400, "too_many_regions");
+  });
+
+  it("regions that is not a list -> invalid_request", async () => {
+    await expectError(
+      await post("/v1/regions/caption", { image, regions: { box: [0, 0, 4, 4] } }),
+      400,
+      "invalid_request",
+    );
+  });
+
+  it("a body above the limit -> 413 payload_too_large", async () => {
+    const huge = "A".repeat(300_000);
+    await expectError(await post("/v1/regions/caption", { image: huge }), 413, "payload_too_large");
+  });
+
+  it("a multipart file above the limit -> 413 payload_too_large", async () => {
+    const form = new FormData();
+    form.append("image", new Blob([new Uint8Array(300_000)]), "big.png");
+    form.append("question", "Q");
+    const r = await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form });
+    await expectError(r, 413, "payload_too_large");
+  });
+
+  it("malformed JSON -> 400 invalid_request", async () => {
+    await expectError(await post("/v1/regions/ask", '{"question": '), 400, "invalid_request");
+  });
+
+  it("an unsupported content type -> 415 unsupported_media_type", async () => {
+    const r = await fetch(`${server.url}/v1/regions/ask`, {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "hi",
+    });
+    await expectError(r, 415, "unsupported_media_type");
+  });
+
+  it("bad JSON in a multipart field -> 400 with the field's code", async () => {
+    const form = new FormData();
+    form.append("image", new Blob([await makeImage(64, 48)]), "a.png");
+    form.append("polygon", "[1, 2,");
+    form.append("question", "Q");
+    await expectError(
+      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form }),
+      400,
+      "polygon_invalid",
+    );
+    const form2 = new FormData();
+    form2.append("image", new Blob([await makeImage(64, 48)]), "a.png");
+    form2.append("options", "{nope");
+    form2.append("question", "Q");
+    await expectError(
+      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form2 }),
+      400,
+      "invalid_request",
+    );
+  });
+
+  it("an undecodable multipart mask -> mask_undecodable", async () => {
+    const form = new FormData();
+    form.append("image", new Blob([await makeImage(64, 48)]), "a.png");
+    form.append("mask", new Blob([Buffer.from("garbage")]), "m.png");
+    form.append("question", "Q");
+    await expectError(
+      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form }),
+      400,
+      "mask_undecodable",
+    );
+  });
+
+  it("an unknown route -> 404 route_not_found", async () => {
+    await expectError(await fetch(`${server.url}/v1/nothing`), 404, "route_not_found");
+  });
+
+  it("chat completions: remote image URL without an allow-list -> 403 remote_fetch_forbidden", async () => {
+    const r = await post("/v1/chat/completions", {
+      messages: [
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "Q" },
+            { type: "image_url", image_url: { url: "http://127.0.0.1:1/x.png" } },
+          ],
+        },
+      ],
+    });
+    await expectError(r, 403, "remote_fetch_forbidden");
+  });
+
+  it("chat completions: no image, two images, wrong model, bad roles", async () => {
+    const part = { type: "image_url", image_url: { url: image } };
+    await expectError(
+      await post("/v1/chat/completions", { messages: [{ role: "user", content: "Q" }] }),
+      400,
+      "image_missing",
+    );
+    await expectError(
+      await post("/v1/chat/completions", {
+        messages: [{ role: "user", content: [part, part, { type: "text", text: "Q" }] }],
+      }),
+      400,
+      "invalid_request",
+    );
+    await expectError(
+      await post("/v1/chat/completions", { model: "gpt-4o", messages: [{ role: "user", content: [part] }] }),
+      404,
+      "model_not_found",
+    );
+    await expectError(
+      await post("/v1/chat/completions", {
+        messages: [
+          { role: "tool", content: "x" },
+          { role: "user", content: [part] },
+        ],
+      }),
+      400,
+      "invalid_request",
+    );
+    await expectError(await post("/v1/chat/completions", { messages: "hello" }), 400, "invalid_request");
+    await expectError(
+      await post("/v1/chat/completions", {
+        messages: [{ role: "user", content: [part, { type: "text", text: "Q" }] }],
+        region: { box: [0, 0] },
+      }),
+      400,
+      "box_invalid",
+    );
+  });
+});
+
+describe("API key and CORS", () => {
+  let secured: RunningServer;
+  beforeAll(async () => {
+    secured = await startServer(new TemporaryPipelineDouble(), {
+      apiKey: "s3cret",
+      corsOrigins: ["http://app.example"],
+    });
+  });
+  afterAll(async () => secured?.close());
+
+  it("refuses /v1 without the key, accepts it with the key; ops stay open", async () => {
+    await expectError(await fetch(`${secured.url}/v1/models`), 401, "unauthorized");
+    await expectError(
+      await fetch(`${secured.url}/v1/models`, { headers: { authorization: "Bearer wrong" } }),
+      401,
+      "unauthorized",
+    );
+    const ok = await fetch(`${secured.url}/v1/models`, { headers: { authorization: "Bearer s3cret" } });
+    expect(ok.status).toBe(200);
+    expect((await json(ok)).data[0].id).toBe("region-vqa-double");
+    expect((await fetch(`${secured.url}/healthz`)).status).toBe(200);
+  });
+
+  it("answers CORS preflights for allowed origins only", async () => {
+    const allowed = await fetch(`${secured.url}/v1/regions/ask`, {
+      method: "OPTIONS",
+      headers: { origin: "http://app.example", "access-control-request-method": "POST" },
+    });
+    expect(allowed.headers.get("access-control-allow-origin")).toBe("http://app.example");
+    const other = await fetch(`${secured.url}/v1/regions/ask`, {
+      method: "OPTIONS",
+      headers: { origin: "http://evil.example", "access-control-request-method": "POST" },
+    });
+    expect(other.headers.get("access-control-allow-origin")).toBeNull();
+  });
+
+  it("sends no CORS headers when CORS is off (the default)", async () => {
+    const r = await fetch(`${server.url}/healthz`, { headers: { origin: "http://app.example" } });
+    expect(r.headers.get("access-control-allow-origin")).toBeNull();
+  });
+});
