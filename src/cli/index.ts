@@ -4,6 +4,7 @@ import { RegionVqaError } from "../common/errors.js";
 /** Each command lives in `./commands/<name>.ts` and adds itself to the program. */
 type CommandModule = { register(program: Command): void };
 const commandModules: Array<() => Promise<CommandModule>> = [
+  () => import("./commands/encode.js"),
   () => import("./commands/convert-vision.js"),
   () => import("./commands/convert-projector.js"),
 ];

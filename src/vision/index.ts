@@ -27,6 +27,19 @@ export {
   type ReadmePreprocessOptions,
 } from "./preprocess.js";
 export {
+  AlphaClipEncoder,
+  readEncoderManifest,
+  LLAVA_FEATURES_OUTPUT,
+  IMAGE_EMBED_OUTPUT,
+  PROJECTED_OUTPUT,
+  type EncoderDevice,
+  type EncoderInput,
+  type EncoderOutput,
+  type EncoderLoadOptions,
+  type EncoderLogger,
+  type EncoderModelConfig,
+} from "./encoder.js";
+export {
   openStateDict,
   inMemoryStateDict,
   renameKeys,

@@ -1,0 +1,303 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, cpSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { main } from "../src/cli/index.js";
+import { maxAbsDiff, type Tensor } from "../src/common/tensor.js";
+import { convertVisionCheckpoint } from "../src/vision/convert/index.js";
+import {
+  AlphaClipEncoder,
+  decodeImage,
+  decodeMaskImage,
+  preprocessForAlphaClipReadme,
+  preprocessForLlava,
+  regionToMask,
+  type Mask,
+  type RgbImage,
+} from "../src/vision/index.js";
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const golden = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny");
+const manifest = JSON.parse(readFileSync(path.join(golden, "manifest.json"), "utf8")) as {
+  config: { input_resolution: number; heads: number; width: number };
+  grid: number;
+  files: Record<string, { file: string; shape: number[] }>;
+};
+const R = manifest.config.input_resolution;
+const G = manifest.grid;
+const W = manifest.config.width;
+
+function goldenF32(name: string): Float32Array {
+  const buf = readFileSync(path.join(golden, manifest.files[name].file));
+  return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+}
+const code = (c: string) => expect.objectContaining({ name: "RegionVqaError", code: c });
+
+let tmp: string;
+let modelDir: string;
+let encoder: AlphaClipEncoder;
+let image: RgbImage;
+let mask: Mask;
+const logs: string[] = [];
+
+beforeAll(async () => {
+  tmp = mkdtempSync(path.join(os.tmpdir(), "vision-encoder-test-"));
+  modelDir = path.join(tmp, "alpha-clip-tiny");
+  await convertVisionCheckpoint({
+    checkpoint: path.join(golden, "tiny_alphaclip_visual.pth"),
+    out: modelDir,
+    heads: manifest.config.heads,
+  });
+  encoder = await AlphaClipEncoder.load(modelDir, {
+    device: "auto",
+    threads: 1,
+    logger: { info: (m) => logs.push(m) },
+  });
+  image = await decodeImage(readFileSync(path.join(golden, "test_image.png")));
+  mask = await decodeMaskImage(readFileSync(path.join(golden, "test_mask.png")), image.width, image.height);
+});
+
+afterAll(async () => {
+  await encoder?.dispose();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+/** One region's slice of a batched output. */
+function row(t: Tensor, i: number): Float32Array {
+  const size = t.data.length / t.shape[0];
+  return t.data.subarray(i * size, (i + 1) * size);
+}
+
+describe("AlphaClipEncoder on the golden tiny model", () => {
+  it("auto picks the CPU on this machine and says so", () => {
+    expect(encoder.provider).toBe("cpu");
+    expect(logs.join("\n")).toMatch(/CUDA unavailable, using the CPU with 1 threads/);
+    expect(encoder.imageSize).toBe(R);
+  });
+
+  it.each([
+    ["llava_mask", "mask"],
+    ["llava_ones", "whole"],
+  ] as const)(
+    "%s: decode -> region -> preprocess -> worker encoder matches the reference features",
+    async (caseName, region) => {
+      const m = region === "mask" ? regionToMask({ kind: "mask", mask }, image.width, image.height) : null;
+      const pre = preprocessForLlava(image, m, encoder.imageSize);
+      const out = await encoder.encode(pre);
+      expect(out.features!.shape).toEqual([1, G * G, W]);
+      expect(maxAbsDiff(out.features!.data, goldenF32(`${caseName}_llava_features`))).toBeLessThanOrEqual(
+        1e-4,
+      );
+      expect(out.imageEmbed!.shape).toEqual([1, 32]);
+      expect(maxAbsDiff(out.imageEmbed!.data, goldenF32(`${caseName}_image_embed`))).toBeLessThanOrEqual(
+        1e-4,
+      );
+    },
+  );
+
+  it("the empty-mask and README-path cases match too", async () => {
+    const empty: Mask = {
+      width: image.width,
+      height: image.height,
+      data: new Uint8Array(image.width * image.height),
+    };
+    const zeros = await encoder.encode(preprocessForLlava(image, empty, R));
+    expect(maxAbsDiff(zeros.features!.data, goldenF32("llava_zeros_llava_features"))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    const readme = await encoder.encode(
+      preprocessForAlphaClipReadme(image, mask, R, { maskGeometry: "reference" }),
+    );
+    expect(maxAbsDiff(readme.features!.data, goldenF32("readme_mask_llava_features"))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    expect(maxAbsDiff(readme.imageEmbed!.data, goldenF32("readme_mask_image_embed"))).toBeLessThanOrEqual(
+      1e-4,
+    );
+  });
+
+  it("a batch of N regions equals N single runs (shared [1,3,R,R] image is repeated)", async () => {
+    const box = regionToMask({ kind: "box", box: [10, 5, 60, 50] }, image.width, image.height);
+    const regions: Array<Mask | null> = [mask, null, box];
+    const singles = regions.map((m) => preprocessForLlava(image, m, R));
+    const alpha = new Float32Array(regions.length * R * R);
+    singles.forEach((s, i) => alpha.set(s.alpha.data, i * R * R));
+    const batched = await encoder.encode({
+      pixelValues: singles[0].pixelValues,
+      alpha: { data: alpha, shape: [3, 1, R, R] },
+    });
+    expect(batched.features!.shape).toEqual([3, G * G, W]);
+    for (let i = 0; i < regions.length; i++) {
+      const single = await encoder.encode(singles[i]);
+      expect(maxAbsDiff(row(batched.features!, i), single.features!.data)).toBeLessThanOrEqual(1e-5);
+    }
+    // the regions really differ (alpha matters)
+    expect(maxAbsDiff(row(batched.features!, 0), row(batched.features!, 1))).toBeGreaterThan(0.01);
+  });
+
+  it("concurrent requests are answered in order, each with its own result", async () => {
+    const a = preprocessForLlava(image, mask, R);
+    const b = preprocessForLlava(image, null, R);
+    const results = await Promise.all([encoder.encode(a), encoder.encode(b), encoder.encode(a)]);
+    expect(maxAbsDiff(results[0].features!.data, goldenF32("llava_mask_llava_features"))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    expect(maxAbsDiff(results[1].features!.data, goldenF32("llava_ones_llava_features"))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    expect(maxAbsDiff(results[2].features!.data, results[0].features!.data)).toBe(0);
+  });
+
+  it("rejects tensors of the wrong shape with model_mismatch", async () => {
+    const pre = preprocessForLlava(image, mask, R);
+    await expect(
+      encoder.encode({
+        pixelValues: pre.pixelValues,
+        alpha: { data: new Float32Array(R * R), shape: [1, 1, R, R - 1] },
+      }),
+    ).rejects.toEqual(code("model_mismatch"));
+    const two = { data: new Float32Array(2 * R * R), shape: [2, 1, R, R] };
+    const threeImages = { data: new Float32Array(3 * 3 * R * R), shape: [3, 3, R, R] };
+    await expect(encoder.encode({ pixelValues: threeImages, alpha: two })).rejects.toEqual(
+      code("model_mismatch"),
+    );
+  });
+});
+
+describe("AlphaClipEncoder loading and failures", () => {
+  it("device cuda fails clearly where CUDA cannot be used", async () => {
+    const err = await AlphaClipEncoder.load(modelDir, { device: "cuda", threads: 1 }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toEqual(code("device_unavailable"));
+    expect((err as Error).message).toMatch(/CUDA was requested/);
+  });
+
+  it("a missing folder, a wrong kind and a broken ONNX file are typed errors", async () => {
+    await expect(AlphaClipEncoder.load(path.join(tmp, "nope"))).rejects.toEqual(code("model_not_found"));
+    const other = path.join(tmp, "other-kind");
+    cpSync(modelDir, other, { recursive: true });
+    const m = JSON.parse(readFileSync(path.join(other, "manifest.json"), "utf8"));
+    writeFileSync(path.join(other, "manifest.json"), JSON.stringify({ ...m, kind: "llava-projector" }));
+    await expect(AlphaClipEncoder.load(other)).rejects.toEqual(code("model_invalid"));
+    const broken = path.join(tmp, "broken");
+    cpSync(modelDir, broken, { recursive: true });
+    const onnxFile = m.files.find((f: { role: string }) => f.role === "onnx").path;
+    writeFileSync(path.join(broken, onnxFile), "not an onnx model");
+    await expect(AlphaClipEncoder.load(broken, { device: "cpu", threads: 1 })).rejects.toEqual(
+      code("model_invalid"),
+    );
+  });
+
+  it("a worker that dies rejects pending calls; dispose rejects later ones", async () => {
+    const own = await AlphaClipEncoder.load(modelDir, { device: "cpu", threads: 1 });
+    const pre = preprocessForLlava(image, mask, R);
+    const pending = own.encode(pre);
+    // Simulate a crash of the native side: the thread disappears under a pending request.
+    await (own as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await expect(pending).rejects.toEqual(code("internal"));
+    await expect(own.encode(pre)).rejects.toEqual(code("internal"));
+    await own.dispose();
+
+    const second = await AlphaClipEncoder.load(modelDir, { device: "cpu", threads: 1 });
+    await second.dispose();
+    await expect(second.encode(pre)).rejects.toEqual(code("aborted"));
+  });
+});
+
+describe("region-vqa encode (the real CLI command, in-process)", () => {
+  async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    const out: string[] = [];
+    const err: string[] = [];
+    const origOut = process.stdout.write.bind(process.stdout);
+    const origErr = process.stderr.write.bind(process.stderr);
+    process.stdout.write = ((chunk: string | Uint8Array) => (
+      out.push(String(chunk)),
+      true
+    )) as typeof process.stdout.write;
+    process.stderr.write = ((chunk: string | Uint8Array) => (
+      err.push(String(chunk)),
+      true
+    )) as typeof process.stderr.write;
+    const origConsoleError = console.error;
+    console.error = (...a: unknown[]) => void err.push(a.join(" ") + "\n");
+    try {
+      const exit = await main(["node", "region-vqa", ...args]);
+      return { code: exit, stdout: out.join(""), stderr: err.join("") };
+    } finally {
+      process.stdout.write = origOut;
+      process.stderr.write = origErr;
+      console.error = origConsoleError;
+    }
+  }
+
+  it("--mask writes the golden features as raw float32 LE [G*G, W] and prints one JSON line", async () => {
+    const outFile = path.join(tmp, "feats.bin");
+    const res = await runCli([
+      "encode",
+      "--model",
+      modelDir,
+      "--image",
+      path.join(golden, "test_image.png"),
+      "--mask",
+      path.join(golden, "test_mask.png"),
+      "--out",
+      outFile,
+      "--threads",
+      "1",
+    ]);
+    expect(res.code).toBe(0);
+    const lines = res.stdout.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    const summary = JSON.parse(lines[0]);
+    expect(summary).toMatchObject({
+      shape: [G * G, W],
+      dtype: "float32",
+      provider: "cpu",
+      region: { kind: "mask" },
+      image: { width: 97, height: 61 },
+    });
+    const buf = readFileSync(outFile);
+    expect(buf.length).toBe(G * G * W * 4);
+    const values = new Float32Array(G * G * W);
+    for (let i = 0; i < values.length; i++) values[i] = buf.readFloatLE(i * 4);
+    expect(maxAbsDiff(values, goldenF32("llava_mask_llava_features"))).toBeLessThanOrEqual(1e-4);
+    expect(res.stderr).toMatch(/vision encoder: CUDA unavailable/);
+  });
+
+  it("--box works and a bad box exits with code 2 and a clear message", async () => {
+    const outFile = path.join(tmp, "box.bin");
+    const ok = await runCli([
+      "encode",
+      "--model",
+      modelDir,
+      "--image",
+      path.join(golden, "test_image.png"),
+      "--box",
+      "10,5,60,50",
+      "--out",
+      outFile,
+      "--threads",
+      "1",
+    ]);
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout).region).toEqual({ kind: "box", pixels: 50 * 45 });
+    const bad = await runCli([
+      "encode",
+      "--model",
+      modelDir,
+      "--image",
+      path.join(golden, "test_image.png"),
+      "--box",
+      "10,5,600,50",
+      "--out",
+      outFile,
+      "--threads",
+      "1",
+    ]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/outside the 97x61 image.*\[box_invalid\]/);
+    expect(bad.stdout).toBe("");
+  });
+});
