@@ -1,0 +1,108 @@
+import { Command, Option } from "commander";
+import { RegionVqaError } from "../../common/errors.js";
+import {
+  createProgressPrinter,
+  defaultModelsDir,
+  formatBytes,
+  pullModel,
+  type PullResult,
+} from "../../models/index.js";
+
+/** `region-vqa pull NAME`: download, verify and convert a model or preset (progress on stderr). */
+export function register(program: Command): void {
+  program
+    .command("pull")
+    .description("download, verify and convert a model or preset into the models folder")
+    .argument(
+      "<name>",
+      "preset (alpha-llava-7b) or model (alpha-clip-l14-336, llava-v1.5-7b); see `models --available`",
+    )
+    .option("--quant <quant>", "LLM quantisation, e.g. Q4_K_M (default), Q5_K_M, Q8_0")
+    .option(
+      "--variant <variant>",
+      "Alpha-CLIP checkpoint: grit-20m (default) or grit-1m (the official LLaVA demo's)",
+    )
+    .option("--dir <dir>", `models folder (default: $REGION_VQA_MODELS_DIR or ${defaultModelsDir()})`)
+    .addOption(
+      new Option("--precision <precision>", "weights of the converted vision model").choices([
+        "fp32",
+        "fp16",
+      ]),
+    )
+    .option("--keep-source", "keep the downloaded .pth checkpoint after converting it")
+    .option("--verify", "re-hash files that are already installed")
+    .option("--retries <n>", "automatic resumptions after a dropped connection", "3")
+    .option("--quiet", "no progress output")
+    .addHelpText(
+      "after",
+      `
+Environment:
+  REGION_VQA_MODELS_DIR          models folder (like --dir)
+  REGION_VQA_HF_TOKEN, HF_TOKEN  Hugging Face token, sent as a Bearer token to the Hugging Face host only
+  REGION_VQA_BASE_URL_HF         base URL replacing https://huggingface.co (a mirror; HF_ENDPOINT also works)
+  REGION_VQA_BASE_URL_OPENXLAB   base URL replacing https://download.openxlab.org.cn
+  REGION_VQA_MIRROR_<HOST>       the same by host name, e.g. REGION_VQA_MIRROR_HUGGINGFACE_CO
+
+Interrupted downloads resume where they stopped: run the same command again.`,
+    )
+    .action(async (name: string, opts: PullCliOptions) => {
+      const retries = Number(opts.retries);
+      if (!Number.isInteger(retries) || retries < 0) {
+        throw new RegionVqaError(
+          "invalid_request",
+          `--retries must be a whole number >= 0, got "${opts.retries}"`,
+        );
+      }
+      const printer = createProgressPrinter(process.stderr);
+      const controller = new AbortController();
+      const onSigint = () => controller.abort();
+      process.once("SIGINT", onSigint);
+      try {
+        const result = await pullModel(name, {
+          modelsDir: opts.dir,
+          quant: opts.quant,
+          variant: opts.variant,
+          precision: opts.precision,
+          keepSource: opts.keepSource,
+          verify: opts.verify,
+          retries,
+          signal: controller.signal,
+          onProgress: opts.quiet ? undefined : (p) => printer.update(p),
+          onLog: opts.quiet ? undefined : (m) => printer.log(m),
+        });
+        process.stdout.write(summary(result));
+      } finally {
+        process.off("SIGINT", onSigint);
+      }
+    });
+}
+
+interface PullCliOptions {
+  quant?: string;
+  variant?: string;
+  dir?: string;
+  precision?: "fp32" | "fp16";
+  keepSource?: boolean;
+  verify?: boolean;
+  retries: string;
+  quiet?: boolean;
+}
+
+function summary(result: PullResult): string {
+  const lines: string[] = [];
+  const downloaded = result.files.filter((f) => !f.skipped);
+  const bytes = downloaded.reduce((sum, f) => sum + f.bytes - f.resumedFrom, 0);
+  lines.push(
+    `${result.name}: ready in ${result.modelsDir} (${downloaded.length} file(s) downloaded, ${formatBytes(bytes)}` +
+      `${result.converted ? ", vision model converted" : ""})`,
+  );
+  if (result.preset) {
+    lines.push(`  vision     ${result.preset.visionDir}`);
+    lines.push(`  projector  ${result.preset.projectorPath}`);
+    lines.push(`  llm        ${result.preset.llmPath}`);
+    lines.push(`Start the server with: region-vqa serve --model ${result.name}`);
+  } else {
+    for (const folder of result.folders) lines.push(`  ${folder}`);
+  }
+  return `${lines.join("\n")}\n`;
+}

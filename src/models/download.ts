@@ -1,0 +1,774 @@
+import { createHash, type Hash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdir, open, readFile, rename, stat, statfs, unlink, writeFile, type FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { RegionVqaError } from "../common/errors.js";
+
+/**
+ * One file from an HTTP(S) host onto disk, the way `huggingface-cli download` and `ollama pull` do it:
+ * - the bytes go to `<dest>.partial`, described by the sidecar `<dest>.partial.json` (URL, ETag,
+ *   Last-Modified, expected size and sha256), so an interrupted download resumes with a Range request;
+ * - a resumed answer must be `206` with a Content-Range starting where the partial file ends; a `200`
+ *   (the server ignored Range, or If-Range saw a changed file) restarts from zero;
+ * - size and sha256 are checked (the hash is computed while streaming) before the partial file is
+ *   renamed to its final name, so a half or wrong file never sits under the final name; a file whose
+ *   hash is wrong is kept aside as `<dest>.corrupt`;
+ * - a dropped connection is resumed automatically a few times, then reported with the byte count.
+ */
+export interface DownloadProgress {
+  /** Display name (the file name unless a label was given). */
+  label: string;
+  phase: "hashing-partial" | "downloading" | "verifying" | "done";
+  /** Bytes on disk, including those resumed from an earlier run. */
+  receivedBytes: number;
+  totalBytes?: number;
+  /** Bytes that were already on disk when this call started. */
+  resumedFrom: number;
+  /** Recent transfer rate (bytes per second), 0 before enough data. */
+  bytesPerSecond: number;
+  etaSeconds?: number;
+}
+
+export interface DownloadOptions {
+  url: string;
+  dest: string;
+  label?: string;
+  expectedBytes?: number;
+  /** Lower-case hex. When absent, a sha256 the host states (X-Linked-Etag) is used if there is one. */
+  expectedSha256?: string;
+  /** Sent only while a request stays on the URL's own origin (credentials must not follow redirects). */
+  originHeaders?: Record<string, string>;
+  signal?: AbortSignal;
+  onProgress?: (progress: DownloadProgress) => void;
+  /** Automatic resumptions after a dropped connection, timeout or 5xx (default 3). */
+  retries?: number;
+  /** First pause before a retry, doubled each time (default 1000 ms). */
+  retryDelayMs?: number;
+  /** Limit for the response headers of one request (default 30 s). */
+  headersTimeoutMs?: number;
+  /** Limit for silence while the body streams (default 60 s). */
+  idleTimeoutMs?: number;
+  /** Re-hash a file already present under the final name instead of trusting its size. */
+  verifyExisting?: boolean;
+}
+
+export interface DownloadResult {
+  path: string;
+  bytes: number;
+  /** Undefined only for a file that was already present and not re-hashed. */
+  sha256?: string;
+  /** Where the expected sha256 came from; "none" when nothing stated one and the hash is just recorded. */
+  sha256Checked: "catalog" | "host" | "none";
+  skipped: boolean;
+  /** Bytes already on disk when the call started (0 for a fresh download). */
+  resumedFrom: number;
+  /** HTTP requests made (redirect hops not counted). */
+  requests: number;
+}
+
+interface PartialSidecar {
+  formatVersion: 1;
+  url: string;
+  etag?: string;
+  lastModified?: string;
+  totalBytes?: number;
+  expectedSha256?: string;
+  updatedAt: string;
+}
+
+const MAX_REDIRECTS = 10;
+const WRITE_BATCH_BYTES = 1 << 20;
+const PROGRESS_INTERVAL_MS = 100;
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+export function partialPathFor(dest: string): string {
+  return `${dest}.partial`;
+}
+export function sidecarPathFor(dest: string): string {
+  return `${dest}.partial.json`;
+}
+export function corruptPathFor(dest: string): string {
+  return `${dest}.corrupt`;
+}
+
+export async function downloadFile(options: DownloadOptions): Promise<DownloadResult> {
+  const label = options.label ?? path.basename(options.dest);
+  await mkdir(path.dirname(options.dest), { recursive: true });
+  const release = await takeLock(options.dest, label);
+  try {
+    const existing = await checkExisting(options, label);
+    if (existing) return existing;
+    return await downloadToPartial(options, label);
+  } finally {
+    await release();
+  }
+}
+
+/** A file already under its final name was verified when it got there; only its size is re-checked. */
+async function checkExisting(options: DownloadOptions, label: string): Promise<DownloadResult | undefined> {
+  const st = await statOrUndefined(options.dest);
+  if (!st) return undefined;
+  if (options.expectedBytes !== undefined && st.size !== options.expectedBytes) {
+    await rename(options.dest, corruptPathFor(options.dest));
+    return undefined;
+  }
+  let sha256: string | undefined;
+  if (options.verifyExisting) {
+    sha256 = await hashFile(options.dest, st.size, (done) =>
+      options.onProgress?.(progressOf(label, "verifying", done, st.size, 0, 0)),
+    );
+    if (options.expectedSha256 && sha256 !== options.expectedSha256) {
+      await rename(options.dest, corruptPathFor(options.dest));
+      return undefined;
+    }
+  }
+  options.onProgress?.(progressOf(label, "done", st.size, st.size, st.size, 0));
+  return {
+    path: options.dest,
+    bytes: st.size,
+    sha256,
+    sha256Checked: sha256 && options.expectedSha256 ? "catalog" : "none",
+    skipped: true,
+    resumedFrom: st.size,
+    requests: 0,
+  };
+}
+
+async function downloadToPartial(options: DownloadOptions, label: string): Promise<DownloadResult> {
+  const { dest, url } = options;
+  const partialPath = partialPathFor(dest);
+  const sidecarPath = sidecarPathFor(dest);
+  const retries = options.retries ?? 3;
+  const rate = new RateMeter();
+
+  let sidecar = await readSidecar(sidecarPath);
+  let received = (await statOrUndefined(partialPath))?.size ?? 0;
+  const usable =
+    sidecar !== undefined &&
+    (options.expectedSha256 === undefined || sidecar.expectedSha256 === options.expectedSha256) &&
+    (options.expectedBytes === undefined || sidecar.totalBytes === options.expectedBytes) &&
+    (sidecar.totalBytes === undefined || received <= sidecar.totalBytes);
+  if (!usable) {
+    if (received > 0 || sidecar) await discardPartial(dest);
+    sidecar = undefined;
+    received = 0;
+  }
+  const resumedFrom = received;
+  let hash = createHash("sha256");
+  if (received > 0) {
+    hash = await hashPrefix(partialPath, received, (done) =>
+      options.onProgress?.(progressOf(label, "hashing-partial", done, received, resumedFrom, 0)),
+    );
+  }
+
+  if (options.expectedBytes !== undefined) {
+    await ensureFreeSpace(path.dirname(dest), options.expectedBytes - received, label);
+  }
+  let expectedSha256 = options.expectedSha256;
+  let sha256Checked: DownloadResult["sha256Checked"] = expectedSha256 ? "catalog" : "none";
+  let totalBytes = options.expectedBytes ?? sidecar?.totalBytes;
+  let requests = 0;
+  let attempt = 0;
+
+  for (;;) {
+    throwIfAborted(options.signal, label, received);
+    requests++;
+    const outcome = await transferOnce({
+      options,
+      label,
+      partialPath,
+      sidecarPath,
+      sidecar,
+      received,
+      hash,
+      rate,
+      resumedFrom,
+      totalBytes,
+      expectedSha256,
+    });
+    received = outcome.received;
+    hash = outcome.hash;
+    sidecar = outcome.sidecar;
+    totalBytes = outcome.totalBytes;
+    if (!expectedSha256 && outcome.hostSha256) {
+      expectedSha256 = outcome.hostSha256;
+      sha256Checked = "host";
+    }
+    if (outcome.kind === "complete") break;
+    if (outcome.kind === "restart") {
+      attempt++;
+      if (attempt > retries + 1) throw outcome.error;
+      continue;
+    }
+    attempt++;
+    if (attempt > retries) throw outcome.error;
+    await sleep(
+      (options.retryDelayMs ?? 1000) * 2 ** (attempt - 1),
+      options.signal,
+      label,
+      received,
+    );
+  }
+
+  options.onProgress?.(progressOf(label, "verifying", received, totalBytes, resumedFrom, 0));
+  if (totalBytes !== undefined && received !== totalBytes) {
+    await discardPartial(dest);
+    throw new RegionVqaError(
+      "download_failed",
+      `${label}: received ${received} bytes but expected ${totalBytes}; the partial file was removed, run again`,
+      { url, receivedBytes: received, totalBytes, reason: "size_mismatch" },
+    );
+  }
+  const sha256 = hash.digest("hex");
+  if (expectedSha256 && sha256 !== expectedSha256) {
+    const keptAs = corruptPathFor(dest);
+    await rename(partialPath, keptAs);
+    await unlinkIfPresent(sidecarPath);
+    throw new RegionVqaError(
+      "checksum_mismatch",
+      `${label}: sha256 ${sha256} does not match the expected ${expectedSha256} (from the ${sha256Checked}); ` +
+        `the file was not installed and is kept aside as ${keptAs}`,
+      { url, expected: expectedSha256, actual: sha256, keptAs },
+    );
+  }
+  await rename(partialPath, dest);
+  await unlinkIfPresent(sidecarPath);
+  options.onProgress?.(progressOf(label, "done", received, received, resumedFrom, rate.bytesPerSecond()));
+  return { path: dest, bytes: received, sha256, sha256Checked, skipped: false, resumedFrom, requests };
+}
+
+type TransferOutcome = {
+  received: number;
+  hash: Hash;
+  sidecar: PartialSidecar | undefined;
+  totalBytes: number | undefined;
+  hostSha256?: string;
+} & (
+  | { kind: "complete" }
+  /** Worth another try after a pause (dropped connection, timeout, 5xx). */
+  | { kind: "retry"; error: RegionVqaError }
+  /** The partial file was discarded; try again at once from zero. */
+  | { kind: "restart"; error: RegionVqaError }
+);
+
+interface TransferState {
+  options: DownloadOptions;
+  label: string;
+  partialPath: string;
+  sidecarPath: string;
+  sidecar: PartialSidecar | undefined;
+  received: number;
+  hash: Hash;
+  rate: RateMeter;
+  resumedFrom: number;
+  totalBytes: number | undefined;
+  expectedSha256: string | undefined;
+}
+
+/** One GET (following redirects) that appends to the partial file. Never throws for retryable faults. */
+async function transferOnce(s: TransferState): Promise<TransferOutcome> {
+  const { options, label } = s;
+  const url = options.url;
+  let { received, hash, sidecar, totalBytes } = s;
+  const result = (extra: Partial<TransferOutcome> & Pick<TransferOutcome, "kind">): TransferOutcome =>
+    ({ received, hash, sidecar, totalBytes, ...extra }) as TransferOutcome;
+
+  const headers: Record<string, string> = { "accept-encoding": "identity" };
+  if (received > 0) {
+    headers.range = `bytes=${received}-`;
+    // A weak ETag may not be used with If-Range; Last-Modified is the fallback validator.
+    const validator = sidecar?.etag && !sidecar.etag.startsWith("W/") ? sidecar.etag : sidecar?.lastModified;
+    if (validator) headers["if-range"] = validator;
+  }
+
+  const controller = new AbortController();
+  let timedOut: "headers" | "idle" | undefined;
+  const onUserAbort = () => controller.abort(options.signal?.reason);
+  options.signal?.addEventListener("abort", onUserAbort, { once: true });
+  let timer = setTimeout(() => {
+    timedOut = "headers";
+    controller.abort();
+  }, options.headersTimeoutMs ?? 30_000);
+
+  let file: FileHandle | undefined;
+  try {
+    let response: Response;
+    let hostSha256: string | undefined;
+    let hostSize: number | undefined;
+    try {
+      ({ response, hostSha256, hostSize } = await getFollowingRedirects(url, headers, options, controller.signal));
+    } catch (err) {
+      if (options.signal?.aborted) throw abortedError(label, received);
+      const classified = classifyNetworkError(err, url, label, received, totalBytes, timedOut);
+      if (classified.retryable) return result({ kind: "retry", error: classified.error });
+      throw classified.error;
+    }
+    const status = response.status;
+    if (status === 416 && received > 0 && totalBytes !== undefined && received === totalBytes) {
+      await response.body?.cancel();
+      return result({ kind: "complete", hostSha256 });
+    }
+    if (status !== 200 && status !== 206) {
+      await response.body?.cancel().catch(() => undefined);
+      if (status === 416) {
+        await discardPartialFiles(s.partialPath, s.sidecarPath);
+        received = 0;
+        hash = createHash("sha256");
+        sidecar = undefined;
+        return result({ kind: "restart", error: httpError(status, url, label) });
+      }
+      const error = httpError(status, url, label);
+      if (status >= 500 || status === 429 || status === 408) return result({ kind: "retry", error });
+      throw error;
+    }
+
+    const etag = response.headers.get("etag") ?? undefined;
+    const lastModified = response.headers.get("last-modified") ?? undefined;
+    let start = 0;
+    let total: number | undefined;
+    if (status === 206) {
+      const range = parseContentRange(response.headers.get("content-range"));
+      const changed = sidecar?.etag !== undefined && etag !== undefined && etag !== sidecar.etag;
+      if (!range || range.start !== received || changed || (totalBytes !== undefined && range.total !== totalBytes)) {
+        // Not the continuation we asked for: throw the partial file away and start over.
+        await response.body?.cancel().catch(() => undefined);
+        await discardPartialFiles(s.partialPath, s.sidecarPath);
+        received = 0;
+        hash = createHash("sha256");
+        sidecar = undefined;
+        const why = range
+          ? `bytes ${range.start}-${range.end}/${range.total ?? "*"} for a request from byte ${s.received}`
+          : `an unreadable Content-Range`;
+        return result({
+          kind: "restart",
+          error: new RegionVqaError("download_failed", `${label}: the server answered ${why} (${url})`, {
+            url,
+            reason: "bad_range",
+          }),
+        });
+      }
+      start = range.start;
+      total = range.total;
+    } else {
+      const length = Number(response.headers.get("content-length") ?? NaN);
+      total = Number.isFinite(length) ? length : undefined;
+      if (received > 0) {
+        // The server sent the whole file (no Range support, or If-Range saw a changed file).
+        received = 0;
+        hash = createHash("sha256");
+      }
+    }
+    total ??= hostSize;
+    if (options.expectedBytes !== undefined && total !== undefined && total !== options.expectedBytes) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new RegionVqaError(
+        "checksum_mismatch",
+        `${label}: ${url} offers ${total} bytes but ${options.expectedBytes} are expected; refusing a different file`,
+        { url, expectedBytes: options.expectedBytes, offeredBytes: total },
+      );
+    }
+    totalBytes = total ?? totalBytes;
+    if (totalBytes !== undefined) await ensureFreeSpace(path.dirname(s.partialPath), totalBytes - start, label);
+
+    sidecar = {
+      formatVersion: 1,
+      url,
+      etag,
+      lastModified,
+      totalBytes,
+      expectedSha256: s.expectedSha256 ?? hostSha256,
+      updatedAt: new Date().toISOString(),
+    };
+    await writeFile(s.sidecarPath, JSON.stringify(sidecar, null, 2));
+    file = await open(s.partialPath, start === 0 ? "w" : "a");
+
+    if (!response.body) return result({ kind: "complete", hostSha256 });
+    const reader = response.body.getReader();
+    const pending: Uint8Array[] = [];
+    let pendingBytes = 0;
+    const flush = async () => {
+      if (pendingBytes === 0) return;
+      const chunk = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes);
+      pending.length = 0;
+      pendingBytes = 0;
+      await writeAll(file!, chunk, label, received, url);
+    };
+    let lastReport = 0;
+    const resetIdle = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        timedOut = "idle";
+        controller.abort();
+      }, options.idleTimeoutMs ?? 60_000);
+    };
+    resetIdle();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        resetIdle();
+        hash.update(value);
+        received += value.byteLength;
+        s.rate.add(value.byteLength);
+        pending.push(value);
+        pendingBytes += value.byteLength;
+        if (pendingBytes >= WRITE_BATCH_BYTES) await flush();
+        const now = Date.now();
+        if (now - lastReport >= PROGRESS_INTERVAL_MS) {
+          lastReport = now;
+          options.onProgress?.(
+            progressOf(label, "downloading", received, totalBytes, s.resumedFrom, s.rate.bytesPerSecond()),
+          );
+        }
+      }
+    } catch (err) {
+      // The bytes that did arrive are good: keep them for the resumption.
+      await flush();
+      if (options.signal?.aborted) throw abortedError(label, received);
+      const classified = classifyNetworkError(err, url, label, received, totalBytes, timedOut);
+      if (classified.retryable) return result({ kind: "retry", error: classified.error, hostSha256 });
+      throw classified.error;
+    }
+    await flush();
+    options.onProgress?.(
+      progressOf(label, "downloading", received, totalBytes, s.resumedFrom, s.rate.bytesPerSecond()),
+    );
+    if (totalBytes !== undefined && received < totalBytes) {
+      return result({
+        kind: "retry",
+        hostSha256,
+        error: droppedError(url, label, received, totalBytes, "the server ended the response early"),
+      });
+    }
+    await file.sync();
+    return result({ kind: "complete", hostSha256 });
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener("abort", onUserAbort);
+    await file?.close();
+  }
+}
+
+async function getFollowingRedirects(
+  url: string,
+  headers: Record<string, string>,
+  options: DownloadOptions,
+  signal: AbortSignal,
+): Promise<{ response: Response; hostSha256?: string; hostSize?: number }> {
+  const origin = new URL(url).origin;
+  let current = url;
+  let hostSha256: string | undefined;
+  let hostSize: number | undefined;
+  for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+    const sameOrigin = new URL(current).origin === origin;
+    const response = await fetch(current, {
+      headers: sameOrigin ? { ...headers, ...options.originHeaders } : headers,
+      redirect: "manual",
+      signal,
+    });
+    // Hugging Face states the LFS file's sha256 and size on the redirect (what huggingface_hub uses).
+    const linkedEtag = normaliseEtag(response.headers.get("x-linked-etag"));
+    if (linkedEtag && SHA256_HEX.test(linkedEtag)) hostSha256 = linkedEtag;
+    const linkedSize = Number(response.headers.get("x-linked-size") ?? NaN);
+    if (Number.isFinite(linkedSize)) hostSize = linkedSize;
+    const location = response.headers.get("location");
+    if (response.status >= 300 && response.status < 400 && location) {
+      await response.body?.cancel().catch(() => undefined);
+      current = new URL(location, current).toString();
+      continue;
+    }
+    return { response, hostSha256, hostSize };
+  }
+  throw new RegionVqaError("download_failed", `more than ${MAX_REDIRECTS} redirects from ${url}`, {
+    url,
+    reason: "redirects",
+  });
+}
+
+function normaliseEtag(value: string | null): string | undefined {
+  return value?.replace(/^W\//, "").replace(/"/g, "").toLowerCase();
+}
+
+export function parseContentRange(
+  value: string | null,
+): { start: number; end: number; total: number | undefined } | undefined {
+  const m = value?.match(/^bytes (\d+)-(\d+)\/(\d+|\*)$/);
+  if (!m) return undefined;
+  return { start: Number(m[1]), end: Number(m[2]), total: m[3] === "*" ? undefined : Number(m[3]) };
+}
+
+function httpError(status: number, url: string, label: string): RegionVqaError {
+  const host = new URL(url).host;
+  let hint = "";
+  if (status === 404) hint = " (wrong file name, or a mirror that lacks the file?)";
+  else if (status === 401 || status === 403)
+    hint = host.includes("huggingface")
+      ? " (the host wants credentials: set REGION_VQA_HF_TOKEN or HF_TOKEN)"
+      : " (the host refused access: check the mirror's credentials)";
+  const reason = status === 404 ? "not_found" : status === 401 || status === 403 ? "unauthorized" : "http";
+  return new RegionVqaError("download_failed", `${label}: ${url} answered HTTP ${status}${hint}`, {
+    url,
+    status,
+    reason,
+  });
+}
+
+function droppedError(url: string, label: string, received: number, total: number | undefined, why: string) {
+  return new RegionVqaError(
+    "download_failed",
+    `${label}: ${why} after ${formatBytes(received)}${total !== undefined ? ` of ${formatBytes(total)}` : ""} ` +
+      `(${url}). The partial file is kept: run the same command again to resume.`,
+    { url, receivedBytes: received, totalBytes: total, reason: "dropped" },
+  );
+}
+
+function abortedError(label: string, received: number): RegionVqaError {
+  return new RegionVqaError(
+    "aborted",
+    `${label}: download interrupted after ${formatBytes(received)}; run the same command again to resume`,
+    { receivedBytes: received },
+  );
+}
+
+function errorCode(err: unknown): string | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
+    if (typeof e.code === "string") return e.code;
+    e = e.cause as typeof e;
+  }
+  return undefined;
+}
+
+function classifyNetworkError(
+  err: unknown,
+  url: string,
+  label: string,
+  received: number,
+  total: number | undefined,
+  timedOut: "headers" | "idle" | undefined,
+): { retryable: boolean; error: RegionVqaError } {
+  if (err instanceof RegionVqaError) return { retryable: false, error: err };
+  const u = new URL(url);
+  if (timedOut) {
+    const why = timedOut === "headers" ? "no response from the server in time" : "the transfer stalled";
+    return { retryable: true, error: droppedError(url, label, received, total, why) };
+  }
+  const code = errorCode(err);
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") {
+    return {
+      retryable: false,
+      error: new RegionVqaError(
+        "download_failed",
+        `${label}: cannot resolve ${u.hostname} (no network, or a wrong mirror URL?) for ${url}`,
+        { url, reason: "dns", cause: code },
+      ),
+    };
+  }
+  if (code === "ECONNREFUSED" || code === "EHOSTUNREACH" || code === "ENETUNREACH") {
+    return {
+      retryable: false,
+      error: new RegionVqaError(
+        "download_failed",
+        `${label}: cannot connect to ${u.host} (${code}: no network, or the server is down) for ${url}`,
+        { url, reason: "unreachable", cause: code },
+      ),
+    };
+  }
+  return {
+    retryable: true,
+    error: droppedError(url, label, received, total, `the connection dropped (${code ?? describe(err)})`),
+  };
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+async function writeAll(file: FileHandle, chunk: Uint8Array, label: string, received: number, url: string) {
+  try {
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      const { bytesWritten } = await file.write(chunk, offset, chunk.byteLength - offset);
+      offset += bytesWritten;
+    }
+  } catch (err) {
+    throw diskError(err, label, received, url);
+  }
+}
+
+function diskError(err: unknown, label: string, received: number, url: string): RegionVqaError {
+  const code = errorCode(err);
+  if (code === "ENOSPC" || code === "EDQUOT") {
+    return new RegionVqaError(
+      "download_failed",
+      `${label}: the disk is full (${code}) after ${formatBytes(received)}; free some space and run the ` +
+        `same command again to resume (or pull into another folder with --dir)`,
+      { url, reason: "disk_full", receivedBytes: received },
+    );
+  }
+  return new RegionVqaError("download_failed", `${label}: cannot write the file: ${describe(err)}`, {
+    url,
+    reason: "write",
+    cause: code,
+  });
+}
+
+async function ensureFreeSpace(dir: string, needed: number, label: string): Promise<void> {
+  const fsStat = await statfs(dir).catch(() => undefined);
+  if (!fsStat) return;
+  const free = fsStat.bavail * fsStat.bsize;
+  if (needed > free) {
+    throw new RegionVqaError(
+      "download_failed",
+      `${label}: not enough disk space in ${dir}: ${formatBytes(needed)} needed, ${formatBytes(free)} free ` +
+        `(ENOSPC); free some space or pull into another folder with --dir`,
+      { reason: "disk_full", neededBytes: needed, freeBytes: free },
+    );
+  }
+}
+
+async function takeLock(dest: string, label: string): Promise<() => Promise<void>> {
+  const lockPath = `${dest}.lock`;
+  for (let tries = 0; tries < 2; tries++) {
+    try {
+      await writeFile(lockPath, String(process.pid), { flag: "wx" });
+      return () => unlinkIfPresent(lockPath);
+    } catch (err) {
+      if (errorCode(err) !== "EEXIST") throw diskError(err, label, 0, "");
+      const pid = Number((await readFile(lockPath, "utf8").catch(() => "")).trim());
+      if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
+        throw new RegionVqaError(
+          "download_failed",
+          `${label} is being downloaded by another region-vqa process (pid ${pid}); wait for it, or remove ` +
+            `${lockPath} if that process is not region-vqa`,
+          { reason: "locked", pid },
+        );
+      }
+      // A lock left by a process that died: take it over.
+      await unlinkIfPresent(lockPath);
+    }
+  }
+  throw new RegionVqaError("download_failed", `${label}: cannot take the lock ${lockPath}`, { reason: "locked" });
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errorCode(err) === "EPERM";
+  }
+}
+
+async function readSidecar(file: string): Promise<PartialSidecar | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(file, "utf8")) as PartialSidecar;
+    return parsed.formatVersion === 1 ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function discardPartial(dest: string): Promise<void> {
+  await discardPartialFiles(partialPathFor(dest), sidecarPathFor(dest));
+}
+
+async function discardPartialFiles(partialPath: string, sidecarPath: string): Promise<void> {
+  await unlinkIfPresent(partialPath);
+  await unlinkIfPresent(sidecarPath);
+}
+
+async function unlinkIfPresent(file: string): Promise<void> {
+  await unlink(file).catch((err) => {
+    if (errorCode(err) !== "ENOENT") throw err;
+  });
+}
+
+async function statOrUndefined(file: string) {
+  return stat(file).catch(() => undefined);
+}
+
+/** Streams a file through sha256 (a large model is never read into memory at once). */
+export async function hashFile(file: string, size: number, onBytes?: (done: number) => void): Promise<string> {
+  return (await hashPrefix(file, size, onBytes)).digest("hex");
+}
+
+async function hashPrefix(file: string, bytes: number, onBytes?: (done: number) => void): Promise<Hash> {
+  const hash = createHash("sha256");
+  if (bytes === 0) return hash;
+  let done = 0;
+  let lastReport = 0;
+  for await (const chunk of createReadStream(file, { start: 0, end: bytes - 1, highWaterMark: 1 << 20 })) {
+    hash.update(chunk as Buffer);
+    done += (chunk as Buffer).byteLength;
+    const now = Date.now();
+    if (onBytes && now - lastReport >= PROGRESS_INTERVAL_MS) {
+      lastReport = now;
+      onBytes(done);
+    }
+  }
+  return hash;
+}
+
+function throwIfAborted(signal: AbortSignal | undefined, label: string, received: number) {
+  if (signal?.aborted) throw abortedError(label, received);
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined, label: string, received: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (ms <= 0) return resolve();
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortedError(label, received));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function progressOf(
+  label: string,
+  phase: DownloadProgress["phase"],
+  receivedBytes: number,
+  totalBytes: number | undefined,
+  resumedFrom: number,
+  bytesPerSecond: number,
+): DownloadProgress {
+  const etaSeconds =
+    totalBytes !== undefined && bytesPerSecond > 0 ? (totalBytes - receivedBytes) / bytesPerSecond : undefined;
+  return { label, phase, receivedBytes, totalBytes, resumedFrom, bytesPerSecond, etaSeconds };
+}
+
+/** Transfer rate over the last few seconds, so a stall shows quickly and a burst does not linger. */
+class RateMeter {
+  private samples: Array<{ t: number; bytes: number }> = [];
+  private static readonly WINDOW_MS = 5000;
+
+  add(bytes: number): void {
+    const t = Date.now();
+    this.samples.push({ t, bytes });
+    while (this.samples.length > 1 && t - this.samples[0].t > RateMeter.WINDOW_MS) this.samples.shift();
+  }
+
+  bytesPerSecond(): number {
+    if (this.samples.length < 2) return 0;
+    const span = (this.samples[this.samples.length - 1].t - this.samples[0].t) / 1000;
+    if (span <= 0) return 0;
+    const bytes = this.samples.slice(1).reduce((sum, s) => sum + s.bytes, 0);
+    return bytes / span;
+  }
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1000) return `${n} B`;
+  const units = ["kB", "MB", "GB", "TB"];
+  let v = n;
+  let i = -1;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  return `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
+}

@@ -1,0 +1,45 @@
+/**
+ * Model catalogue, downloader and installed-model listing: what `region-vqa pull` and
+ * `region-vqa models` do, and how `serve`/`ask` turn a preset name into model paths.
+ */
+export {
+  DEFAULT_BASE_URLS,
+  DEFAULT_CATALOG,
+  findCatalogModel,
+  findCatalogPreset,
+  findVariantKey,
+  knownSize,
+  variantFiles,
+  type Catalog,
+  type CatalogFile,
+  type CatalogModel,
+  type CatalogPreset,
+  type CatalogVariant,
+  type FileRole,
+  type HostId,
+} from "./catalog.js";
+export {
+  corruptPathFor,
+  downloadFile,
+  formatBytes,
+  hashFile,
+  partialPathFor,
+  sidecarPathFor,
+  type DownloadOptions,
+  type DownloadProgress,
+  type DownloadResult,
+} from "./download.js";
+export { fileUrl, hostConfigFromEnv, mirrorEnvName, type HostConfig } from "./hosts.js";
+export {
+  checkModelFolder,
+  listInstalledModels,
+  type FolderCheck,
+  type InstalledEntry,
+  type ListOptions,
+  type PresetFile,
+  type PresetPaths,
+} from "./installed.js";
+export { defaultModelsDir, modelRoots, repoModelsDir } from "./paths.js";
+export { createProgressPrinter, formatDuration, formatProgressLine, type ProgressPrinter } from "./progress.js";
+export { pullModel, type PullOptions, type PullResult, type PulledFile, type VisionConverter } from "./pull.js";
+export { resolveModelPreset, type ResolveOptions, type ResolvedModelPreset } from "./resolve.js";

@@ -1,0 +1,301 @@
+import { mkdir, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { RegionVqaError } from "../common/errors.js";
+import type { ManifestFile, ModelManifest } from "../common/manifest.js";
+import {
+  DEFAULT_CATALOG,
+  findCatalogModel,
+  findCatalogPreset,
+  variantFiles,
+  type Catalog,
+  type CatalogFile,
+  type CatalogModel,
+  type HostId,
+} from "./catalog.js";
+import { downloadFile, hashFile, type DownloadProgress } from "./download.js";
+import { fileUrl, hostConfigFromEnv, type HostConfig } from "./hosts.js";
+import { checkModelFolder, checkPreset, presetPaths, readManifest, type PresetFile } from "./installed.js";
+import { CONVERTING_SUFFIX, defaultModelsDir, DOWNLOADS_FOLDER, PRESET_FILE } from "./paths.js";
+import { pickVariant, requireModel, type ResolvedModelPreset } from "./resolve.js";
+
+/** Turns a vision checkpoint into an ONNX model folder with its manifest (src/vision/convert). */
+export type VisionConverter = (args: {
+  checkpoint: string;
+  out: string;
+  heads?: number;
+  precision: "fp32" | "fp16";
+}) => Promise<ModelManifest>;
+
+export interface PullOptions {
+  /** Where models go (default: REGION_VQA_MODELS_DIR or ~/.cache/region-vqa/models). */
+  modelsDir?: string;
+  /** LLM quantisation (`Q4_K_M`, `Q5_K_M`, ...). */
+  quant?: string;
+  /** Vision checkpoint variant (`grit-20m`, `grit-1m`, or a checkpoint file name). */
+  variant?: string;
+  catalog?: Catalog;
+  /** Source of REGION_VQA_* / HF_* variables (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  baseUrls?: Partial<Record<HostId, string>>;
+  hfToken?: string;
+  /** Weights of the converted vision model (default fp32). */
+  precision?: "fp32" | "fp16";
+  /** Keep the downloaded vision checkpoint after conversion (default: delete it). */
+  keepSource?: boolean;
+  /** Re-hash files that are already installed. */
+  verify?: boolean;
+  retries?: number;
+  retryDelayMs?: number;
+  headersTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: DownloadProgress) => void;
+  onLog?: (message: string) => void;
+  /** Injected for tests that must not depend on the converter; default: src/vision/convert. */
+  convertVision?: VisionConverter;
+}
+
+export interface PulledFile {
+  file: string;
+  url: string;
+  path: string;
+  bytes: number;
+  sha256?: string;
+  skipped: boolean;
+  resumedFrom: number;
+  requests: number;
+}
+
+export interface PullResult {
+  name: string;
+  kind: "preset" | "model";
+  modelsDir: string;
+  /** Model folders written or found complete. */
+  folders: string[];
+  files: PulledFile[];
+  /** Whether a vision checkpoint was converted in this call. */
+  converted: boolean;
+  /** For a preset: the three paths `serve --model NAME` will load. */
+  preset?: ResolvedModelPreset;
+}
+
+interface PullContext {
+  options: PullOptions;
+  catalog: Catalog;
+  root: string;
+  hosts: HostConfig;
+  result: PullResult;
+}
+
+/**
+ * `region-vqa pull NAME`: download what a catalogue model or preset needs into the models folder,
+ * verify it, convert what needs converting, and write the manifests. Safe to re-run: finished files
+ * are kept, partial ones resumed, interrupted conversions redone.
+ */
+export async function pullModel(name: string, options: PullOptions = {}): Promise<PullResult> {
+  const catalog = options.catalog ?? DEFAULT_CATALOG;
+  const env = options.env ?? process.env;
+  const root = path.resolve(options.modelsDir ?? defaultModelsDir(env));
+  const ctx: PullContext = {
+    options,
+    catalog,
+    root,
+    hosts: hostConfigFromEnv(env, { baseUrls: options.baseUrls, hfToken: options.hfToken }),
+    result: { name, kind: "model", modelsDir: root, folders: [], files: [], converted: false },
+  };
+  await mkdir(root, { recursive: true });
+
+  const preset = findCatalogPreset(catalog, name);
+  if (preset) {
+    ctx.result.kind = "preset";
+    const visionModel = requireModel(catalog, preset.vision.model);
+    const llmModel = requireModel(catalog, preset.llm.model);
+    const visionVariant = pickVariant(visionModel, options.variant ?? preset.vision.variant);
+    const llmVariant = pickVariant(llmModel, options.quant ?? preset.llm.variant);
+    const visionDir = await pullOne(ctx, visionModel, visionVariant);
+    const llmDir = await pullOne(ctx, llmModel, llmVariant);
+    const paths = {
+      visionDir,
+      projectorPath: path.join(llmDir, roleFile(llmModel, llmVariant, "projector").file),
+      llmPath: path.join(llmDir, roleFile(llmModel, llmVariant, "llm").file),
+    };
+    const presetDir = path.join(root, preset.name);
+    const record: PresetFile = {
+      kind: "preset",
+      formatVersion: 1,
+      name: preset.name,
+      vision: path.relative(presetDir, paths.visionDir),
+      projector: path.relative(presetDir, paths.projectorPath),
+      llm: path.relative(presetDir, paths.llmPath),
+      createdAt: new Date().toISOString(),
+      variant: visionVariant,
+      quant: llmVariant,
+    };
+    await mkdir(presetDir, { recursive: true });
+    await writeJsonAtomically(path.join(presetDir, PRESET_FILE), record);
+    const check = await checkPreset(presetPaths(presetDir, record));
+    if (!check.complete) {
+      throw new RegionVqaError("model_invalid", `${preset.name} is incomplete after pull: ${check.problems.join("; ")}`);
+    }
+    ctx.result.preset = { name: preset.name, source: "preset-file", ...presetPaths(presetDir, record) };
+    return ctx.result;
+  }
+
+  const model = findCatalogModel(catalog, name);
+  if (!model) {
+    const known = [...catalog.presets.map((p) => p.name), ...catalog.models.map((m) => m.name)].join(", ");
+    throw new RegionVqaError("model_not_found", `unknown model "${name}"; known: ${known}`);
+  }
+  const wanted = model.variantFlag === "quant" ? (options.quant ?? options.variant) : (options.variant ?? options.quant);
+  await pullOne(ctx, model, pickVariant(model, wanted));
+  return ctx.result;
+}
+
+function roleFile(model: CatalogModel, variant: string, role: CatalogFile["role"]): CatalogFile {
+  const file = variantFiles(model, variant).find((f) => f.role === role);
+  if (!file) throw new RegionVqaError("model_invalid", `catalogue entry ${model.name} has no ${role} file`);
+  return file;
+}
+
+async function pullOne(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
+  const dir = model.layout === "vision" ? await pullVision(ctx, model, variant) : await pullGguf(ctx, model, variant);
+  ctx.result.folders.push(dir);
+  return dir;
+}
+
+async function download(ctx: PullContext, file: CatalogFile, dest: string): Promise<PulledFile> {
+  const { options, hosts } = ctx;
+  const url = fileUrl(hosts, file);
+  const r = await downloadFile({
+    url,
+    dest,
+    label: file.file,
+    expectedBytes: file.bytes,
+    expectedSha256: file.sha256,
+    originHeaders: hosts.headers[file.host],
+    signal: options.signal,
+    onProgress: options.onProgress,
+    retries: options.retries,
+    retryDelayMs: options.retryDelayMs,
+    headersTimeoutMs: options.headersTimeoutMs,
+    idleTimeoutMs: options.idleTimeoutMs,
+    verifyExisting: options.verify,
+  });
+  if (!r.skipped && r.sha256Checked === "none") {
+    options.onLog?.(`${file.file}: no published sha256 to check against; recorded sha256 ${r.sha256}`);
+  }
+  const pulled: PulledFile = {
+    file: file.file,
+    url,
+    path: r.path,
+    bytes: r.bytes,
+    sha256: r.sha256,
+    skipped: r.skipped,
+    resumedFrom: r.resumedFrom,
+    requests: r.requests,
+  };
+  ctx.result.files.push(pulled);
+  return pulled;
+}
+
+/**
+ * A vision checkpoint: downloaded to `.downloads/`, converted into `<variant>.converting/`, renamed to
+ * `<variant>/` once the converter has written its manifest. An interrupted conversion therefore never
+ * leaves a folder that looks finished; the next pull removes the leftover and converts again.
+ */
+async function pullVision(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
+  const { options, root } = ctx;
+  const checkpoint = model.variants[variant].files.find((f) => f.role === "vision-checkpoint");
+  if (!checkpoint || !model.convert) {
+    throw new RegionVqaError("model_invalid", `catalogue entry ${model.name} lacks a checkpoint or conversion`);
+  }
+  const finalDir = path.join(root, model.name, variant);
+  const existing = await checkModelFolder(finalDir, { verifyHashes: options.verify });
+  const origin = existing.manifest?.origin as { file?: string } | undefined;
+  const precisionOk = !options.precision || existing.manifest?.precision === options.precision;
+  if (existing.complete && origin?.file === checkpoint.file && precisionOk) {
+    options.onLog?.(`${model.name} (${variant}) is already installed in ${finalDir}`);
+    return finalDir;
+  }
+
+  const source = await download(ctx, checkpoint, path.join(root, DOWNLOADS_FOLDER, checkpoint.file));
+  const sha256 = source.sha256 ?? (await hashFile(source.path, source.bytes));
+  const workDir = `${finalDir}${CONVERTING_SUFFIX}`;
+  await rm(workDir, { recursive: true, force: true });
+  await mkdir(path.dirname(workDir), { recursive: true });
+  const precision = options.precision ?? "fp32";
+  options.onLog?.(`converting ${checkpoint.file} to ONNX (${precision}) ...`);
+  const convert = options.convertVision ?? defaultVisionConverter;
+  const started = Date.now();
+  const manifest = await convert({ checkpoint: source.path, out: workDir, heads: model.convert.heads, precision });
+  manifest.origin = {
+    catalog: model.name,
+    variant,
+    file: checkpoint.file,
+    url: source.url,
+    sha256,
+    bytes: source.bytes,
+  };
+  await writeJsonAtomically(path.join(workDir, "manifest.json"), manifest);
+  const check = await checkModelFolder(workDir);
+  const problems = check.problems.filter((p) => !p.startsWith("an interrupted conversion"));
+  if (problems.length) {
+    throw new RegionVqaError("model_invalid", `conversion of ${checkpoint.file} left ${workDir} incomplete: ${problems.join("; ")}`);
+  }
+  await rm(finalDir, { recursive: true, force: true });
+  await rename(workDir, finalDir);
+  ctx.result.converted = true;
+  options.onLog?.(`converted in ${((Date.now() - started) / 1000).toFixed(1)} s -> ${finalDir}`);
+  if (!options.keepSource) await unlink(source.path).catch(() => undefined);
+  return finalDir;
+}
+
+/** GGUF files are used as published: one folder per model, its manifest listing every file pulled. */
+async function pullGguf(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
+  const dir = path.join(ctx.root, model.name);
+  const pulled: PulledFile[] = [];
+  for (const file of variantFiles(model, variant)) pulled.push(await download(ctx, file, path.join(dir, file.file)));
+
+  const previous = await readManifest(dir).catch(() => undefined);
+  const files = new Map<string, ManifestFile>();
+  if (previous?.kind === "llm-gguf") {
+    for (const f of previous.files ?? []) {
+      const st = await stat(path.join(dir, f.path)).catch(() => undefined);
+      if (st?.size === f.bytes) files.set(f.path, f);
+    }
+  }
+  const roles = new Map(variantFiles(model, variant).map((f) => [f.file, f.role]));
+  for (const p of pulled) {
+    const known = files.get(p.file);
+    const sha256 = p.sha256 ?? (known?.bytes === p.bytes ? known.sha256 : undefined) ?? (await hashFile(p.path, p.bytes));
+    files.set(p.file, { path: p.file, bytes: p.bytes, sha256, role: roles.get(p.file) ?? "llm" });
+  }
+  const previousOrigin = previous?.origin as { variants?: string[] } | undefined;
+  const variants = [...new Set([...(previousOrigin?.variants ?? []), variant])].filter((v) =>
+    model.variants[v]?.files.every((f) => files.has(f.file)),
+  );
+  const manifest: ModelManifest = {
+    kind: "llm-gguf",
+    formatVersion: 1,
+    name: model.name,
+    createdAt: previous?.createdAt ?? new Date().toISOString(),
+    config: { projector: roleFile(model, variant, "projector").file, projectorType: "mlp2x_gelu" },
+    files: [...files.values()].sort((a, b) => a.path.localeCompare(b.path)),
+    origin: { catalog: model.name, variants, homepage: model.homepage },
+  };
+  await writeJsonAtomically(path.join(dir, "manifest.json"), manifest);
+  return dir;
+}
+
+async function writeJsonAtomically(file: string, value: unknown): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  await rename(tmp, file);
+}
+
+const defaultVisionConverter: VisionConverter = async (args) => {
+  // Loaded on first use: pulling GGUF files must not load ONNX tooling.
+  const convertModule = "../vision/convert/index.js";
+  const { convertVisionCheckpoint } = (await import(convertModule)) as { convertVisionCheckpoint: VisionConverter };
+  return convertVisionCheckpoint(args);
+};

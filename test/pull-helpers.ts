@@ -1,0 +1,39 @@
+/** Catalogue overrides for pull tests: the real catalogue, with sizes and hashes of small fake files. */
+import { mkdtemp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { DEFAULT_CATALOG, type Catalog } from "../src/models/index.js";
+import { sha256Of } from "./pull-fakehost.js";
+
+export const HF_DIR = "/second-state/Llava-v1.5-7B-GGUF/resolve/main";
+export const OPENXLAB_DIR = "/models/SunzeY/AlphaCLIP/weight";
+export const MMPROJ = "llava-v1.5-7b-mmproj-model-f16.gguf";
+export const LLM_Q4 = "llava-v1.5-7b-Q4_K_M.gguf";
+export const LLM_Q8 = "llava-v1.5-7b-Q8_0.gguf";
+export const CKPT_20M = "clip_l14_336_grit_20m_4xe.pth";
+
+/**
+ * DEFAULT_CATALOG with the given files' exact size and sha256 filled in (as if read from the
+ * publisher), and optionally another head count for the vision conversion (the tiny model has 4).
+ */
+export function catalogWith(
+  files: Record<string, Buffer>,
+  options: { heads?: number; withSha?: boolean } = {},
+): Catalog {
+  const catalog = structuredClone(DEFAULT_CATALOG) as Catalog;
+  for (const model of catalog.models) {
+    if (options.heads && model.convert) model.convert.heads = options.heads;
+    const all = [...(model.commonFiles ?? []), ...Object.values(model.variants).flatMap((v) => v.files)];
+    for (const f of all) {
+      const body = files[f.file];
+      if (!body) continue;
+      f.bytes = body.length;
+      if (options.withSha !== false) f.sha256 = sha256Of(body);
+    }
+  }
+  return catalog;
+}
+
+export async function tempModelsDir(): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), "rvq-pull-"));
+}
