@@ -5,8 +5,12 @@ import { RegionVqaError } from "../common/errors.js";
 type CommandModule = { register(program: Command): void };
 const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/encode.js"),
+  () => import("./commands/ask.js"),
+  () => import("./commands/pull.js"),
+  () => import("./commands/models.js"),
   () => import("./commands/convert-vision.js"),
   () => import("./commands/convert-projector.js"),
+  () => import("./commands/serve.js"),
 ];
 
 export async function main(argv: string[]): Promise<number> {
