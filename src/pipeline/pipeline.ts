@@ -225,7 +225,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const decoded = await this.decode(image);
     const imageHash = sha256(image);
     const masks: Mask[] = regions.map((r) => regionToMask(r, decoded.width, decoded.height));
-    const keys = masks.map((m) => `${this.modelKey}:${imageHash}:${sha256(m.data)}`);
+    const keys = masks.map(
+      (m, i) => `${this.modelKey}:${imageHash}:${regions[i].kind === "whole" ? "whole" : sha256(m.data)}`,
+    );
     const results: Array<RegionEmbeddings | undefined> = keys.map((k) => {
       const hit = this.cache.get(k);
       this.options.onCache?.(hit !== undefined);
@@ -234,8 +236,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const todo = results.flatMap((r, i) => (r ? [] : [i]));
     if (todo.length > 0) {
       const size = this.encoder.imageSize;
+      // "Whole image" is the reference's no-mask path: alpha is foreground everywhere, padding included.
       const prepared = await this.timed("preprocess", () =>
-        todo.map((i) => preprocessForLlava(decoded, masks[i], size)),
+        todo.map((i) => preprocessForLlava(decoded, regions[i].kind === "whole" ? null : masks[i], size)),
       );
       const plane = size * size;
       const alpha = new Float32Array(todo.length * plane);

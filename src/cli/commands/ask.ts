@@ -1,0 +1,108 @@
+import { Command } from "commander";
+import { RegionVqaError } from "../../common/errors.js";
+import { createPipeline } from "../../pipeline/index.js";
+import { addModelOptions, resolveModelOptions, type ModelCliOptions } from "../model-options.js";
+import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
+
+interface AskCliOptions extends ModelCliOptions, RegionCliOptions {
+  question: string[];
+  maxTokens: string;
+  temperature: string;
+  topP?: string;
+  topK?: string;
+  repeatPenalty?: string;
+  seed?: string;
+  system?: string;
+  verbose?: boolean;
+}
+
+function numberFlag(
+  value: string | undefined,
+  flag: string,
+  min: number,
+  max = Infinity,
+): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new RegionVqaError(
+      "invalid_request",
+      `${flag} must be a number in [${min}, ${max}], got "${value}"`,
+    );
+  }
+  return n;
+}
+
+/**
+ * `region-vqa ask`: image + region + question(s) -> the answer, streamed to stdout as it is generated.
+ * Several --question flags are asked in turn in one conversation (follow-ups reuse the KV cache).
+ * stdout gets only the answer text; logs go to stderr.
+ */
+export function register(program: Command): void {
+  const cmd = program
+    .command("ask")
+    .description("ask a question about a region of an image; the answer streams to stdout");
+  addRegionOptions(cmd);
+  addModelOptions(cmd)
+    .requiredOption(
+      "--question <text>",
+      "question (repeat for follow-ups in the same conversation)",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option("--max-tokens <n>", "most tokens per answer", "256")
+    .option("--temperature <t>", "sampling temperature; 0 = plain greedy decoding, no penalties", "0")
+    .option("--top-p <p>", "nucleus sampling")
+    .option("--top-k <k>", "top-k sampling")
+    .option("--repeat-penalty <r>", "repeat penalty (ignored at temperature 0)")
+    .option("--seed <s>", "sampling seed")
+    .option("--system <text>", "system prompt (default: LLaVA-1.5's)")
+    .option("--verbose", "log model loading and timings to stderr")
+    .addHelpText(
+      "after",
+      "\nWithout model flags the bundled default model (models/shapes) answers.\n" +
+        "Without --mask, --box, --polygon or --alpha the whole image is the region.",
+    )
+    .action(async (opts: AskCliOptions) => {
+      const log = (m: string): void => {
+        if (opts.verbose) process.stderr.write(`${m}\n`);
+      };
+      const generation = {
+        maxTokens: numberFlag(opts.maxTokens, "--max-tokens", 1),
+        temperature: numberFlag(opts.temperature, "--temperature", 0, 10),
+        topP: numberFlag(opts.topP, "--top-p", 0, 1),
+        topK: numberFlag(opts.topK, "--top-k", 0),
+        repeatPenalty: numberFlag(opts.repeatPenalty, "--repeat-penalty", 0),
+        seed: numberFlag(opts.seed, "--seed", 0),
+      };
+      const [{ image, region }, models] = await Promise.all([
+        readImageAndRegion(opts),
+        resolveModelOptions(opts),
+      ]);
+      const t0 = performance.now();
+      const pipeline = await createPipeline({
+        ...models,
+        maxConversations: 1,
+        systemPrompt: opts.system,
+        logger: { info: log, warn: (m) => process.stderr.write(`${m}\n`) },
+        onStage: (stage, ms) => log(`${stage}: ${ms.toFixed(1)} ms`),
+      });
+      log(`models loaded in ${(performance.now() - t0).toFixed(0)} ms`);
+      const abort = new AbortController();
+      const onSigint = (): void => abort.abort();
+      process.once("SIGINT", onSigint);
+      try {
+        const conversation = await pipeline.openConversation(image, region);
+        for (const question of opts.question) {
+          if (opts.question.length > 1) process.stdout.write(`Q: ${question}\nA: `);
+          const stream = conversation.ask(question, { ...generation, signal: abort.signal });
+          for await (const piece of stream) process.stdout.write(piece);
+          process.stdout.write("\n");
+          const result = await stream.result;
+          log(`${result.completionTokens} tokens, finish: ${result.finishReason}`);
+        }
+      } finally {
+        process.off("SIGINT", onSigint);
+        await pipeline.dispose();
+      }
+    });
+}
