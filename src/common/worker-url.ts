@@ -1,11 +1,13 @@
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { Worker, type WorkerOptions } from "node:worker_threads";
 
 /**
  * Start a worker whose source sits beside `fromModuleUrl`. From the compiled `dist/` it is the `.js`
- * file; when the caller runs from TypeScript sources (tests, `tsx`), the `.ts` file is loaded through
- * tsx's loader so that both ways of running share one code path.
+ * file. When the caller runs from TypeScript sources (vitest, tsx), the `.ts` file is loaded through a
+ * one-line CommonJS bootstrap that registers tsx's require hook first: Node 20 workers ignore
+ * `--import tsx` in `execArgv` ("Unknown file extension .ts").
  */
 export function startSiblingWorker(
   fromModuleUrl: string,
@@ -16,6 +18,9 @@ export function startSiblingWorker(
   if (!fromModuleUrl.endsWith(".ts") && existsSync(fileURLToPath(js))) {
     return new Worker(js, options);
   }
-  const ts = new URL(`./${baseName}.ts`, fromModuleUrl);
-  return new Worker(ts, { ...options, execArgv: [...(options.execArgv ?? []), "--import", "tsx"] });
+  const require = createRequire(import.meta.url);
+  const tsxApi = require.resolve("tsx/cjs/api");
+  const file = fileURLToPath(new URL(`./${baseName}.ts`, fromModuleUrl));
+  const code = `require(${JSON.stringify(tsxApi)}).register();\nrequire(${JSON.stringify(file)});`;
+  return new Worker(code, { ...options, eval: true });
 }

@@ -11,7 +11,7 @@ import { RegionVqaError, type ErrorCode } from "../common/errors.js";
 import type { ModelManifest } from "../common/manifest.js";
 import { encodeOnnxModel } from "../common/onnx/index.js";
 import { makeTensor, type Tensor } from "../common/tensor.js";
-import { startWorker } from "./start-worker.js";
+import { startSiblingWorker } from "../common/worker-url.js";
 import { buildProjectorModel } from "./graph.js";
 import { loadProjectorWeights } from "./load.js";
 import { createSimpleSession, type ProjectorDevice, type SimpleSession } from "./ort-session.js";
@@ -56,7 +56,7 @@ function inProcessRunner(session: SimpleSession): Runner {
 }
 
 async function workerRunner(model: string | Uint8Array, options: ProjectorLoadOptions): Promise<Runner> {
-  const worker: Worker = startWorker(import.meta.url, "projector-worker", {
+  const worker: Worker = startSiblingWorker(import.meta.url, "projector-worker", {
     workerData: { model, threads: options.threads ?? 1, device: options.device ?? "cpu" },
     transferList: typeof model === "string" ? [] : [model.buffer as ArrayBuffer],
   });
