@@ -134,5 +134,9 @@ describe("OnnxGraphBuilder + writeOnnxModel", () => {
     g.input("x", "float32", [1]);
     expect(() => g.input("x", "float32", [1])).toThrow(/already used/);
     expect(() => g.initializer("w", new Float32Array(3), [2, 2])).toThrow(/3 values/);
+    expect(() => g.initializer("big", Float32Array.of(1, 70000), [2], { precision: "fp16" })).toThrow(
+      /big: value 70000 is outside the float16 range/,
+    );
+    expect(g.initializer("inf", Float32Array.of(1, Infinity), [2], { precision: "fp16" })).toBe("inf");
   });
 });

@@ -164,13 +164,17 @@ export class OnnxGraphBuilder {
       });
       return name;
     }
+    const half = float32ArrayToFloat16(data);
+    for (let i = 0; i < half.length; i++) {
+      // A finite value that became Inf would silently break the model.
+      if ((half[i] & 0x7fff) === 0x7c00 && Number.isFinite(data[i])) {
+        throw new RangeError(
+          `ONNX initializer ${name}: value ${data[i]} is outside the float16 range (use fp32)`,
+        );
+      }
+    }
     const storedName = this.claim(`${name}_fp16`);
-    this.initializers.push({
-      name: storedName,
-      type: "float16",
-      dims: [...dims],
-      bytes: toBytes(float32ArrayToFloat16(data)),
-    });
+    this.initializers.push({ name: storedName, type: "float16", dims: [...dims], bytes: toBytes(half) });
     this.node("Cast", [storedName], { to: onnx.TensorProto.DataType.FLOAT }, { outputs: [this.claim(name)] });
     return name;
   }

@@ -181,6 +181,9 @@ export async function convertVisionCheckpoint(
     return manifest;
   } catch (err) {
     if (err instanceof RegionVqaError) throw err;
+    if (err instanceof RangeError && /float16 range/.test(err.message)) {
+      throw new RegionVqaError("invalid_request", `cannot convert to fp16: ${err.message}`);
+    }
     const e = err as NodeJS.ErrnoException;
     if (e.code === "ENOSPC" || e.code === "EACCES" || e.code === "EROFS") {
       throw new RegionVqaError("internal", `cannot write model folder ${options.out}: ${e.message}`);
