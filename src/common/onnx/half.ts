@@ -52,7 +52,21 @@ export function float16BitsToFloat32(bits: number): number {
 
 export function float32ArrayToFloat16(values: Float32Array): Uint16Array {
   const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = float32ToFloat16Bits(values[i]);
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  for (let i = 0; i < bits.length; i++) {
+    const x = bits[i];
+    const e = ((x >>> 23) & 0xff) - 112; // half exponent
+    if (e > 0 && e < 0x1f) {
+      // Normal half (the common case), inlined: round to nearest even on the 13 dropped bits.
+      const halfMant = (x >>> 13) & 0x3ff;
+      const rem = x & 0x1fff;
+      let h = ((x >>> 16) & 0x8000) | (e << 10) | halfMant;
+      if (rem > 0x1000 || (rem === 0x1000 && (halfMant & 1) === 1)) h += 1;
+      out[i] = h;
+    } else {
+      out[i] = float32ToFloat16Bits(values[i]);
+    }
+  }
   return out;
 }
 
