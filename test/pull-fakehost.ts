@@ -36,6 +36,8 @@ export interface FakeHost {
   setFile(urlPath: string, body: Buffer): void;
   /** Misbehave on the next requests for that origin path, one entry per request. */
   misbehave(urlPath: string, ...plan: Misbehaviour[]): void;
+  /** Make the CDN serve other bytes for an origin path while the origin still states the real sha256. */
+  tamperCdn(urlPath: string, body: Buffer): void;
   /** Answer 401 on Hugging Face paths unless this bearer token is sent. */
   requireToken(token: string | undefined): void;
   close(): Promise<void>;
@@ -49,6 +51,7 @@ interface Served {
 
 export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {}): Promise<FakeHost> {
   const files = new Map<string, Served>();
+  const cdnFiles = new Map<string, Served>();
   const plans = new Map<string, Misbehaviour[]>();
   const requests: RequestRecord[] = [];
   const bytesSent = new Map<string, number>();
@@ -117,7 +120,7 @@ export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {})
     };
     requests.push(record);
     const key = url.searchParams.get("origin") ?? "";
-    const file = files.get(key);
+    const file = cdnFiles.get(key) ?? files.get(key);
     if (!file) {
       record.status = 404;
       res.writeHead(404).end();
@@ -182,6 +185,10 @@ export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {})
       version++;
       const sha256 = createHash("sha256").update(body).digest("hex");
       files.set(urlPath, { body, sha256, etag: `"${sha256.slice(0, 16)}-${version}"` });
+    },
+    tamperCdn(urlPath, body) {
+      const real = files.get(urlPath);
+      if (real) cdnFiles.set(urlPath, { ...real, body });
     },
     misbehave(urlPath, ...plan) {
       plans.set(urlPath, [...(plans.get(urlPath) ?? []), ...plan]);

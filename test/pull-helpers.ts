@@ -2,6 +2,8 @@
 import { mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { expect } from "vitest";
+import { RegionVqaError } from "../src/common/errors.js";
 import { DEFAULT_CATALOG, type Catalog } from "../src/models/index.js";
 import { sha256Of } from "./pull-fakehost.js";
 
@@ -36,4 +38,14 @@ export function catalogWith(
 
 export async function tempModelsDir(): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), "rvq-pull-"));
+}
+
+/** The RegionVqaError a promise rejects with (fails the test if it resolves or throws something else). */
+export async function failure(promise: Promise<unknown>): Promise<RegionVqaError> {
+  const outcome = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(outcome).toBeInstanceOf(RegionVqaError);
+  return outcome as RegionVqaError;
 }

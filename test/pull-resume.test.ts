@@ -12,19 +12,9 @@ import {
   type DownloadProgress,
 } from "../src/models/index.js";
 import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
-import { catalogWith, HF_DIR, LLM_Q4, MMPROJ, tempModelsDir } from "./pull-helpers.js";
+import { catalogWith, failure, HF_DIR, LLM_Q4, MMPROJ, tempModelsDir } from "./pull-helpers.js";
 
 const FILE_PATH = `${HF_DIR}/${LLM_Q4}`;
-
-/** The RegionVqaError a promise rejects with (fails the test if it resolves or throws something else). */
-async function failure(promise: Promise<unknown>): Promise<RegionVqaError> {
-  const outcome = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(outcome).toBeInstanceOf(RegionVqaError);
-  return outcome as RegionVqaError;
-}
 
 describe("resumable downloads against a loopback host", () => {
   let host: FakeHost;

@@ -38,6 +38,8 @@ export interface DownloadOptions {
   expectedSha256?: string;
   /** Sent only while a request stays on the URL's own origin (credentials must not follow redirects). */
   originHeaders?: Record<string, string>;
+  /** What to tell the user when the host answers 401/403 (e.g. which token variable to set). */
+  authHint?: string;
   signal?: AbortSignal;
   onProgress?: (progress: DownloadProgress) => void;
   /** Automatic resumptions after a dropped connection, timeout or 5xx (default 3). */
@@ -315,9 +317,9 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
         received = 0;
         hash = createHash("sha256");
         sidecar = undefined;
-        return result({ kind: "restart", error: httpError(status, url, label) });
+        return result({ kind: "restart", error: httpError(status, url, label, options.authHint) });
       }
-      const error = httpError(status, url, label);
+      const error = httpError(status, url, label, options.authHint);
       if (status >= 500 || status === 429 || status === 408) return result({ kind: "retry", error });
       throw error;
     }
@@ -497,14 +499,11 @@ export function parseContentRange(
   return { start: Number(m[1]), end: Number(m[2]), total: m[3] === "*" ? undefined : Number(m[3]) };
 }
 
-function httpError(status: number, url: string, label: string): RegionVqaError {
-  const host = new URL(url).host;
+function httpError(status: number, url: string, label: string, authHint?: string): RegionVqaError {
   let hint = "";
   if (status === 404) hint = " (wrong file name, or a mirror that lacks the file?)";
   else if (status === 401 || status === 403)
-    hint = host.includes("huggingface")
-      ? " (the host wants credentials: set REGION_VQA_HF_TOKEN or HF_TOKEN)"
-      : " (the host refused access: check the mirror's credentials)";
+    hint = ` (${authHint ?? "the host refused access: check the mirror's credentials"})`;
   const reason = status === 404 ? "not_found" : status === 401 || status === 403 ? "unauthorized" : "http";
   return new RegionVqaError("download_failed", `${label}: ${url} answered HTTP ${status}${hint}`, {
     url,

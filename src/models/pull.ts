@@ -24,6 +24,7 @@ export type VisionConverter = (args: {
   out: string;
   heads?: number;
   precision: "fp32" | "fp16";
+  logger?: { info(message: string): void; warn(message: string): void };
 }) => Promise<ModelManifest>;
 
 export interface PullOptions {
@@ -173,6 +174,10 @@ async function download(ctx: PullContext, file: CatalogFile, dest: string): Prom
     expectedBytes: file.bytes,
     expectedSha256: file.sha256,
     originHeaders: hosts.headers[file.host],
+    authHint:
+      file.host === "huggingface"
+        ? "the host wants credentials: set REGION_VQA_HF_TOKEN or HF_TOKEN"
+        : "the host refused access: check the mirror's credentials",
     signal: options.signal,
     onProgress: options.onProgress,
     retries: options.retries,
@@ -227,7 +232,14 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
   options.onLog?.(`converting ${checkpoint.file} to ONNX (${precision}) ...`);
   const convert = options.convertVision ?? defaultVisionConverter;
   const started = Date.now();
-  const manifest = await convert({ checkpoint: source.path, out: workDir, heads: model.convert.heads, precision });
+  const log = (m: string) => options.onLog?.(m);
+  const manifest = await convert({
+    checkpoint: source.path,
+    out: workDir,
+    heads: model.convert.heads,
+    precision,
+    logger: { info: log, warn: (m) => log(`warning: ${m}`) },
+  });
   manifest.origin = {
     catalog: model.name,
     variant,
@@ -280,7 +292,10 @@ async function pullGguf(ctx: PullContext, model: CatalogModel, variant: string):
     name: model.name,
     createdAt: previous?.createdAt ?? new Date().toISOString(),
     config: { projector: roleFile(model, variant, "projector").file, projectorType: "mlp2x_gelu" },
-    files: [...files.values()].sort((a, b) => a.path.localeCompare(b.path)),
+    // The projector first, then the LLM files by name.
+    files: [...files.values()].sort(
+      (a, b) => Number(a.role !== "projector") - Number(b.role !== "projector") || a.path.localeCompare(b.path),
+    ),
     origin: { catalog: model.name, variants, homepage: model.homepage },
   };
   await writeJsonAtomically(path.join(dir, "manifest.json"), manifest);
@@ -294,8 +309,7 @@ async function writeJsonAtomically(file: string, value: unknown): Promise<void> 
 }
 
 const defaultVisionConverter: VisionConverter = async (args) => {
-  // Loaded on first use: pulling GGUF files must not load ONNX tooling.
-  const convertModule = "../vision/convert/index.js";
-  const { convertVisionCheckpoint } = (await import(convertModule)) as { convertVisionCheckpoint: VisionConverter };
+  // Loaded on first use: pulling GGUF files alone need not load the ONNX tooling.
+  const { convertVisionCheckpoint } = await import("../vision/convert/index.js");
   return convertVisionCheckpoint(args);
 };
