@@ -9,6 +9,8 @@ import {
   pillowResizeBicubic,
   preprocessForAlphaClipReadme,
   preprocessForLlava,
+  preprocessImageForLlava,
+  llavaAlphaFromMask,
   type Mask,
   type RgbImage,
 } from "../src/vision/index.js";
@@ -212,5 +214,17 @@ describe("pillowResizeBicubic", () => {
 
   it("rejects a buffer of the wrong size", () => {
     expect(() => pillowResizeBicubic(new Uint8Array(5), 2, 2, 1, 4, 4)).toThrow(/expected 4 bytes/);
+  });
+});
+
+describe("per-image and per-region halves of the LLaVA preprocessing", () => {
+  it("compose to exactly preprocessForLlava", async () => {
+    const { img, mask } = await loadPair("test_image.png", "test_mask.png");
+    const whole = preprocessForLlava(img, mask, R);
+    const image = preprocessImageForLlava(img, R);
+    const region = llavaAlphaFromMask(mask, R);
+    expect(countDifferent(image.pixelValues.data, whole.pixelValues.data)).toBe(0);
+    expect(countDifferent(region.alpha.data, whole.alpha.data)).toBe(0);
+    expect(countDifferent(llavaAlphaFromMask(null, R).alpha.data, goldenF32("llava_ones_alpha"))).toBe(0);
   });
 });

@@ -14,6 +14,8 @@ export { decodeRle, encodeRle, decodeRleString, encodeRleString, maskToRleCounts
 export { pillowResizeBicubic } from "./pillow-resize.js";
 export {
   preprocessForLlava,
+  preprocessImageForLlava,
+  llavaAlphaFromMask,
   preprocessForAlphaClipReadme,
   padToSquare,
   normalizeClip,

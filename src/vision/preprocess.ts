@@ -122,41 +122,64 @@ export interface LlavaPreprocessed {
   };
 }
 
-/**
- * LLaVA-1.5 preprocessing as the Alpha-CLIP LLaVA demo does it: pad to square with (122,116,104),
- * Pillow bicubic to R x R, /255, CLIP normalisation. The mask goes through the same geometry as a
- * white-on-black RGB image (same pad colour, so padding is background) and the sum of its normalised
- * channels > 6 is foreground. No mask = foreground everywhere (the demo's default).
- */
-export function preprocessForLlava(image: RgbImage, mask: Mask | null, size: number): LlavaPreprocessed {
+/** The image half of `preprocessForLlava`: computed once per image, shared by all its regions. */
+export function preprocessImageForLlava(
+  image: RgbImage,
+  size: number,
+): { pixelValues: Tensor; resized: Uint8Array } {
   checkImage(image);
   checkSize(size);
   const padded = padToSquare(image);
   const resized = pillowResizeBicubic(padded.data, padded.width, padded.height, 3, size, size);
-  const pixelValues: Tensor = { data: normalizeClip(resized, size, size), shape: [1, 3, size, size] };
+  return { pixelValues: { data: normalizeClip(resized, size, size), shape: [1, 3, size, size] }, resized };
+}
+
+/**
+ * The region half of `preprocessForLlava`: the mask goes through the image's geometry as a
+ * white-on-black RGB image (same pad colour, so padding is background) and the sum of its normalised
+ * channels > 6 is foreground. `null` = no mask = foreground everywhere (the demo's default).
+ */
+export function llavaAlphaFromMask(
+  mask: Mask | null,
+  size: number,
+): { alpha: Tensor; maskResized?: Uint8Array; foreground: Uint8Array } {
+  checkSize(size);
   const plane = size * size;
   const alpha = new Float32Array(plane);
   const foreground = new Uint8Array(plane);
-  let maskResized: Uint8Array | undefined;
-  if (mask) {
-    checkMaskFits(mask, image);
-    const m = padToSquare(maskToRgb(mask));
-    maskResized = pillowResizeBicubic(m.data, m.width, m.height, 3, size, size);
-    const norm = normalizeClip(maskResized, size, size);
-    for (let i = 0; i < plane; i++) {
-      const sum = f(f(norm[i] + norm[plane + i]) + norm[2 * plane + i]);
-      foreground[i] = sum > LLAVA_MASK_SUM_THRESHOLD ? 1 : 0;
-      alpha[i] = foreground[i] ? LLAVA_ALPHA_FOREGROUND : LLAVA_ALPHA_BACKGROUND;
-    }
-  } else {
+  if (!mask) {
     alpha.fill(LLAVA_ALPHA_FOREGROUND);
     foreground.fill(1);
+    return { alpha: { data: alpha, shape: [1, 1, size, size] }, foreground };
   }
-  return {
-    pixelValues,
-    alpha: { data: alpha, shape: [1, 1, size, size] },
-    intermediates: { resized, maskResized, foreground },
-  };
+  if (mask.data.length !== mask.width * mask.height) {
+    throw new RegionVqaError(
+      "region_invalid",
+      `The mask has ${mask.data.length} values; ${mask.width}x${mask.height} needs ${mask.width * mask.height}.`,
+    );
+  }
+  const m = padToSquare(maskToRgb(mask));
+  const maskResized = pillowResizeBicubic(m.data, m.width, m.height, 3, size, size);
+  const norm = normalizeClip(maskResized, size, size);
+  for (let i = 0; i < plane; i++) {
+    // float32 sum in the reference's order (channel 0 + 1, then + 2)
+    const sum = f(f(norm[i] + norm[plane + i]) + norm[2 * plane + i]);
+    foreground[i] = sum > LLAVA_MASK_SUM_THRESHOLD ? 1 : 0;
+    alpha[i] = foreground[i] ? LLAVA_ALPHA_FOREGROUND : LLAVA_ALPHA_BACKGROUND;
+  }
+  return { alpha: { data: alpha, shape: [1, 1, size, size] }, maskResized, foreground };
+}
+
+/**
+ * LLaVA-1.5 preprocessing as the Alpha-CLIP LLaVA demo does it: pad to square with (122,116,104),
+ * Pillow bicubic to R x R, /255, CLIP normalisation; the mask as in `llavaAlphaFromMask`. For several
+ * regions of one image, call `preprocessImageForLlava` once and `llavaAlphaFromMask` per region.
+ */
+export function preprocessForLlava(image: RgbImage, mask: Mask | null, size: number): LlavaPreprocessed {
+  const { pixelValues, resized } = preprocessImageForLlava(image, size);
+  if (mask) checkMaskFits(mask, image);
+  const { alpha, maskResized, foreground } = llavaAlphaFromMask(mask, size);
+  return { pixelValues, alpha, intermediates: { resized, maskResized, foreground } };
 }
 
 /** Python's round(): half to even. torchvision's CenterCrop uses it for the crop offset. */
