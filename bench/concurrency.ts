@@ -1,0 +1,195 @@
+/**
+ * Throughput under concurrency: the real server (`buildServer` over the real pipeline) on loopback,
+ * with 1, 4, 16... clients, each a loop of `fetch` calls, every request about a different image (so
+ * the vision cache never answers). Each level runs until its time is up or its request budget is
+ * spent, whichever comes first; requests already sent are awaited, and counted.
+ *
+ * The requests go to POST /v1/regions/caption: one image, one box region, greedy, `max_tokens` as
+ * given. That is the same decode -> encode -> project -> prefill -> generate path as a first question
+ * on /v1/regions/ask, but its conversation is closed when the answer is done; an ask conversation
+ * stays open (for follow-ups) until its idle timeout, holding one of the LLM's sequences.
+ */
+import { buildServer } from "../src/api/index.js";
+import { loadConfig } from "../src/config.js";
+import { createPipeline } from "../src/pipeline/index.js";
+import { benchImages } from "./images.js";
+import type { BenchModelSet } from "./model-sets.js";
+import { quantile, round, rssSampler } from "./stats.js";
+
+export interface ConcurrencyBenchOptions {
+  levels: number[];
+  /** Longest time one level may send new requests, in seconds. */
+  seconds: number;
+  /** Most requests in one level. */
+  maxRequests: number;
+  maxTokens: number;
+  visionThreads: number;
+  llmThreads: number;
+  device: "auto" | "cpu" | "cuda";
+  gpu: false | "auto" | "cuda" | "vulkan";
+  contextSize: number;
+  /** LLM sequences (conversations decoding at once). */
+  maxConversations: number;
+}
+
+export interface LevelResult {
+  clients: number;
+  requests: number;
+  errors: number;
+  /** Error codes seen (code -> count). */
+  errorCodes: Record<string, number>;
+  wallSeconds: number | null;
+  requestsPerSecond: number | null;
+  latencyMs: { p50: number | null; p95: number | null; p99: number | null; max: number | null };
+  completionTokensPerSecond: number | null;
+  /** Vision-cache hits during the level (0: every request was a new image). */
+  cacheHits: number;
+  peakRssMiB: number;
+}
+
+export interface ConcurrencyBenchResult {
+  models: { set: string; requested: string; description: string; note?: string };
+  options: ConcurrencyBenchOptions;
+  endpoint: string;
+  imageSize: string;
+  levels: LevelResult[];
+}
+
+interface CaptionResponse {
+  captions?: Array<{ caption: string; usage: { completion_tokens: number } }>;
+  error?: { code: string; message: string };
+}
+
+export async function runConcurrencyBench(
+  models: BenchModelSet,
+  options: ConcurrencyBenchOptions,
+  log: (message: string) => void,
+): Promise<ConcurrencyBenchResult> {
+  const pipeline = await createPipeline({
+    vision: models.vision,
+    projector: models.projector,
+    llm: models.llm,
+    modelId: models.name,
+    device: options.device,
+    gpu: options.gpu,
+    visionThreads: options.visionThreads,
+    llmThreads: options.llmThreads,
+    contextSize: options.contextSize,
+    maxConversations: options.maxConversations,
+  });
+  const app = await buildServer({
+    pipeline,
+    config: loadConfig({
+      env: {},
+      flags: { logLevel: "silent", limits: { maxTokens: Math.max(64, options.maxTokens) } },
+    }),
+    disposePipelineOnClose: true,
+  });
+  const base = await app.listen({ host: "127.0.0.1", port: 0 });
+  const url = `${base}/v1/regions/caption`;
+  const width = 640;
+  const height = 480;
+  log(`server on ${base} (${models.name}); levels ${options.levels.join(", ")}`);
+
+  const post = async (
+    png: Buffer,
+    box: number[],
+  ): Promise<{ ok: boolean; ms: number; tokens: number; code?: string }> => {
+    const t0 = performance.now();
+    try {
+      const response = await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          image: `data:image/png;base64,${png.toString("base64")}`,
+          box,
+          max_tokens: options.maxTokens,
+          temperature: 0,
+        }),
+      });
+      const body = (await response.json()) as CaptionResponse;
+      const ms = performance.now() - t0;
+      if (!response.ok || !body.captions) {
+        return { ok: false, ms, tokens: 0, code: body.error?.code ?? `http_${response.status}` };
+      }
+      return { ok: true, ms, tokens: body.captions[0]?.usage.completion_tokens ?? 0 };
+    } catch (err) {
+      return { ok: false, ms: performance.now() - t0, tokens: 0, code: (err as Error).name };
+    }
+  };
+
+  const levels: LevelResult[] = [];
+  try {
+    // One request first (not counted): the first ORT run and the first llama.cpp batch are slower.
+    const [warmup] = await benchImages(1, 5000);
+    const w = await post(warmup.png, warmup.box);
+    if (!w.ok) throw new Error(`warm-up request failed: ${w.code}`);
+
+    let seed = 10_000;
+    for (const clients of options.levels) {
+      const budget = Math.max(options.maxRequests, clients);
+      const images = await benchImages(budget, seed);
+      seed += budget;
+      const before = pipeline.stats().cache;
+      const latencies: number[] = [];
+      const errorCodes: Record<string, number> = {};
+      let tokens = 0;
+      let next = 0;
+      const sampler = rssSampler();
+      const started = performance.now();
+      const deadline = started + options.seconds * 1000;
+      const client = async (): Promise<void> => {
+        while (performance.now() < deadline && next < budget) {
+          const image = images[next++];
+          const r = await post(image.png, image.box);
+          if (r.ok) {
+            latencies.push(r.ms);
+            tokens += r.tokens;
+          } else {
+            errorCodes[r.code ?? "unknown"] = (errorCodes[r.code ?? "unknown"] ?? 0) + 1;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: clients }, client));
+      const wall = (performance.now() - started) / 1000;
+      const peakRssMiB = sampler.stop();
+      const errors = Object.values(errorCodes).reduce((a, b) => a + b, 0);
+      const level: LevelResult = {
+        clients,
+        requests: latencies.length,
+        errors,
+        errorCodes,
+        wallSeconds: round(wall, 1),
+        requestsPerSecond: round(latencies.length / wall, 2),
+        latencyMs: {
+          p50: round(quantile(latencies, 0.5), 0),
+          p95: round(quantile(latencies, 0.95), 0),
+          p99: round(quantile(latencies, 0.99), 0),
+          max: round(Math.max(...latencies), 0),
+        },
+        completionTokensPerSecond: round(tokens / wall, 1),
+        cacheHits: pipeline.stats().cache.hits - before.hits,
+        peakRssMiB,
+      };
+      levels.push(level);
+      log(
+        `  ${clients} clients: ${level.requests} requests (${errors} errors) in ${level.wallSeconds} s, ` +
+          `${level.requestsPerSecond} req/s, p50 ${level.latencyMs.p50} ms, p95 ${level.latencyMs.p95} ms, peak RSS ${peakRssMiB} MiB`,
+      );
+    }
+  } finally {
+    await app.close();
+  }
+  return {
+    models: {
+      set: models.name,
+      requested: models.requested,
+      description: models.description,
+      note: models.note,
+    },
+    options,
+    endpoint: "POST /v1/regions/caption (JSON, base64 PNG, one box region, temperature 0)",
+    imageSize: `${width}x${height} PNG`,
+    levels,
+  };
+}

@@ -1,0 +1,237 @@
+/**
+ * `npm run bench`: pipeline stage timings (cold / warm cache / follow-up) and HTTP throughput under
+ * concurrency, on the bundled model (models/shapes; the tiny test models while it is missing) and on
+ * full-size synthetic models. Writes .cache/bench/results/bench-<time>.{json,md} (and latest.*), and
+ * prints the markdown tables. Each part runs in a child process of its own, so memory peaks and
+ * native engines do not mix between models.
+ *
+ *   npm run bench -- [--only pipeline,concurrency,vision,llm] [--model bundled,shapes,tiny,full]
+ *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
+ *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N] [--device auto|cpu|cuda]
+ *     [--gpu false|auto|cuda|vulkan] [--max-conversations N] [--out DIR]
+ *
+ * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
+ * one CPU request takes many seconds). vision and llm run bench/vision.ts and bench/llm.ts.
+ */
+import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { runConcurrencyBench, type ConcurrencyBenchResult } from "./concurrency.js";
+import { resolveModelSet, type ModelSetName } from "./model-sets.js";
+import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
+import { renderReport, type BenchReport, type ExternalBenchResult } from "./report.js";
+import { machineInfo, round } from "./stats.js";
+import { runTsChild } from "./synthetic-models.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, "..");
+
+type Part = "pipeline" | "concurrency" | "vision" | "llm";
+const PARTS: Part[] = ["pipeline", "concurrency", "vision", "llm"];
+const MODEL_SETS: ModelSetName[] = ["bundled", "shapes", "tiny", "full"];
+
+const { values } = parseArgs({
+  options: {
+    only: { type: "string" },
+    model: { type: "string" },
+    repeats: { type: "string", default: "3" },
+    "full-repeats": { type: "string", default: "1" },
+    "max-tokens": { type: "string", default: "32" },
+    levels: { type: "string", default: "1,4,16" },
+    seconds: { type: "string", default: "30" },
+    "max-requests": { type: "string", default: "150" },
+    threads: { type: "string", default: String(Math.min(2, os.availableParallelism())) },
+    "llm-threads": { type: "string", default: "1" },
+    "full-layers": { type: "string", default: "2" },
+    device: { type: "string", default: "auto" },
+    gpu: { type: "string", default: "false" },
+    "max-conversations": { type: "string", default: "4" },
+    "context-size": { type: "string", default: "2048" },
+    out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
+    child: { type: "string" },
+  },
+  strict: true,
+});
+
+function fail(message: string): never {
+  process.stderr.write(`bench: ${message}\n`);
+  process.exit(2);
+}
+
+function positive(name: keyof typeof values): number {
+  const n = Number(values[name]);
+  if (!Number.isInteger(n) || n < 1)
+    fail(`--${name} must be a positive integer, got "${String(values[name])}"`);
+  return n;
+}
+
+function list<T extends string>(
+  value: string | undefined,
+  allowed: readonly T[],
+  flag: string,
+): T[] | undefined {
+  if (value === undefined) return undefined;
+  const items = value.split(",").map((s) => s.trim()) as T[];
+  for (const item of items)
+    if (!allowed.includes(item)) fail(`--${flag}: "${item}" is not one of ${allowed.join(", ")}`);
+  return items;
+}
+
+const device = values.device as "auto" | "cpu" | "cuda";
+if (!["auto", "cpu", "cuda"].includes(device)) fail(`--device must be auto, cpu or cuda`);
+if (!["false", "auto", "cuda", "vulkan"].includes(values.gpu!))
+  fail(`--gpu must be false, auto, cuda or vulkan`);
+const gpu: false | "auto" | "cuda" | "vulkan" =
+  values.gpu === "false" ? false : (values.gpu as "auto" | "cuda" | "vulkan");
+const levels = values.levels!.split(",").map(Number);
+if (levels.some((l) => !Number.isInteger(l) || l < 1))
+  fail(`--levels must be positive integers, e.g. 1,4,16`);
+const common = {
+  maxTokens: positive("max-tokens"),
+  visionThreads: positive("threads"),
+  llmThreads: positive("llm-threads"),
+  device,
+  gpu,
+  contextSize: positive("context-size"),
+};
+const modelOptions = { fullLayers: positive("full-layers"), threads: common.visionThreads };
+const log = (message: string): void => void process.stderr.write(`bench: ${message}\n`);
+
+/** Child mode: one part on one model set; the result is the last line of stdout. */
+async function child(part: "pipeline" | "concurrency", model: ModelSetName): Promise<void> {
+  const models = await resolveModelSet(model, modelOptions);
+  let result: PipelineBenchResult | ConcurrencyBenchResult;
+  if (part === "pipeline") {
+    const repeats = models.name === "full" ? positive("full-repeats") : positive("repeats");
+    result = await runPipelineBench(models, { ...common, repeats }, log);
+  } else {
+    result = await runConcurrencyBench(
+      models,
+      {
+        ...common,
+        levels,
+        seconds: positive("seconds"),
+        maxRequests: positive("max-requests"),
+        maxConversations: positive("max-conversations"),
+      },
+      log,
+    );
+  }
+  process.stdout.write(`\n${JSON.stringify(result)}\n`);
+}
+
+function passthroughArgs(): string[] {
+  const skip = new Set(["only", "model", "child", "out"]);
+  return Object.entries(values).flatMap(([k, v]) =>
+    skip.has(k) || v === undefined ? [] : [`--${k}`, String(v)],
+  );
+}
+
+function runChild(part: "pipeline" | "concurrency", model: ModelSetName): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        fileURLToPath(import.meta.url),
+        "--child",
+        part,
+        "--model",
+        model,
+        ...passthroughArgs(),
+      ],
+      { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] },
+    );
+    let out = "";
+    p.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    p.on("error", reject);
+    p.on("exit", (code, signal) => {
+      if (code !== 0) return reject(new Error(`${part} on ${model} exited with ${code ?? signal}`));
+      try {
+        resolve(JSON.parse(out.trim().split("\n").pop()!));
+      } catch {
+        reject(new Error(`${part} on ${model} printed no result`));
+      }
+    });
+  });
+}
+
+async function parent(): Promise<void> {
+  const parts = list(values.only, PARTS, "only") ?? ["pipeline", "concurrency"];
+  const models = list(values.model, MODEL_SETS, "model");
+  const started = new Date();
+  const report: BenchReport = {
+    startedAt: started.toISOString(),
+    finishedAt: "",
+    machine: machineInfo(),
+    loadAverageAtEnd: [],
+    args: process.argv.slice(2),
+    pipeline: [],
+    concurrency: [],
+    external: [],
+    failures: [],
+  };
+  log(
+    `machine: ${report.machine.cpuModel}, ${report.machine.cores} cores, load ${report.machine.loadAverage.join(" ")}`,
+  );
+  for (const part of parts) {
+    if (part === "vision" || part === "llm") {
+      const script = path.join(here, `${part}.ts`);
+      const args =
+        part === "vision"
+          ? ["--threads", String(common.visionThreads)]
+          : ["--threads", String(common.llmThreads)];
+      log(`running bench/${part}.ts ${args.join(" ")}`);
+      try {
+        const output = await runTsChild(script, args);
+        const external: ExternalBenchResult = {
+          part,
+          command: `npm run bench:${part} -- ${args.join(" ")}`,
+          output,
+        };
+        report.external.push(external);
+      } catch (err) {
+        report.failures.push({ part, model: "-", error: (err as Error).message });
+      }
+      continue;
+    }
+    const sets = models ?? (part === "pipeline" ? ["bundled", "full"] : ["bundled"]);
+    for (const model of sets) {
+      log(`${part} on ${model}`);
+      try {
+        const result = await runChild(part, model);
+        if (part === "pipeline") report.pipeline.push(result as PipelineBenchResult);
+        else report.concurrency.push(result as ConcurrencyBenchResult);
+      } catch (err) {
+        report.failures.push({ part, model, error: (err as Error).message });
+      }
+    }
+  }
+  report.finishedAt = new Date().toISOString();
+  report.loadAverageAtEnd = os.loadavg().map((l) => round(l, 2) ?? 0);
+  const markdown = renderReport(report);
+  mkdirSync(values.out!, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  for (const name of [`bench-${stamp}`, "latest"]) {
+    writeFileSync(path.join(values.out!, `${name}.json`), `${JSON.stringify(report, null, 2)}\n`);
+    writeFileSync(path.join(values.out!, `${name}.md`), `${markdown}\n`);
+  }
+  process.stdout.write(`${markdown}\n`);
+  log(
+    `results in ${path.relative(process.cwd(), path.join(values.out!, `bench-${stamp}.json`))} (and .md, latest.*)`,
+  );
+  if (report.failures.length) process.exitCode = 1;
+}
+
+if (values.child) {
+  if (values.child !== "pipeline" && values.child !== "concurrency")
+    fail(`--child must be pipeline or concurrency`);
+  const model = list(values.model, MODEL_SETS, "model")?.[0] ?? fail("--child needs --model");
+  await child(values.child, model);
+} else {
+  await parent();
+}

@@ -1,0 +1,77 @@
+/**
+ * The model sets the benchmarks run on:
+ *   - "shapes": the bundled model (preset folder models/shapes), picked up as soon as it exists,
+ *   - "tiny": the small real test models of test/support/tiny-models.ts (golden tiny Alpha-CLIP, tiny
+ *     projector, random 96-wide LLaMA), what "bundled" falls back to while models/shapes is missing,
+ *   - "full": full-size synthetic models (bench/synthetic-models.ts).
+ */
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { repoModelsDir, resolveModelPreset } from "../src/models/index.js";
+import { tinyModels } from "../test/support/tiny-models.js";
+import { fullSizeModels } from "./synthetic-models.js";
+
+export type ModelSetName = "bundled" | "shapes" | "tiny" | "full";
+
+export interface BenchModelSet {
+  /** What was asked for and what actually runs (they differ when "bundled" falls back to "tiny"). */
+  requested: ModelSetName;
+  name: "shapes" | "tiny" | "full";
+  vision: string;
+  projector?: string;
+  llm: string;
+  description: string;
+  /** Why the set differs from what was asked, if it does. */
+  note?: string;
+  /** A question and follow-up that suit the model. */
+  question: string;
+  followUp: string;
+}
+
+export const bundledModelDir = (): string => path.join(repoModelsDir(), "shapes");
+
+export function bundledModelPresent(): boolean {
+  const dir = bundledModelDir();
+  return existsSync(dir) && existsSync(path.join(dir, "preset.json"));
+}
+
+const GENERIC_QUESTIONS = {
+  question: "What is in the highlighted region?",
+  followUp: "What colour is it?",
+};
+
+export async function resolveModelSet(
+  requested: ModelSetName,
+  options: { fullLayers: number; threads: number },
+): Promise<BenchModelSet> {
+  if (requested === "full") {
+    const m = await fullSizeModels({ layers: options.fullLayers, threads: options.threads });
+    return { requested, name: "full", ...m, ...GENERIC_QUESTIONS };
+  }
+  if (requested === "shapes" || (requested === "bundled" && bundledModelPresent())) {
+    const resolved = await resolveModelPreset(bundledModelDir());
+    return {
+      requested,
+      name: "shapes",
+      vision: resolved.visionDir,
+      projector: resolved.projectorPath,
+      llm: resolved.llmPath,
+      description: `bundled model (${path.relative(process.cwd(), bundledModelDir())})`,
+      question: "What shape is in the highlighted region?",
+      followUp: "What colour is it?",
+    };
+  }
+  const tiny = await tinyModels();
+  return {
+    requested,
+    name: "tiny",
+    ...tiny,
+    description:
+      "tiny test models (golden tiny Alpha-CLIP 84 px/width 64, tiny mmproj 64->96->96, random LLaMA n_embd 96, 2 layers)",
+    note:
+      requested === "bundled"
+        ? "models/shapes is not there yet: the tiny test models of test/support/tiny-models.ts stand in for it"
+        : undefined,
+    ...GENERIC_QUESTIONS,
+  };
+}

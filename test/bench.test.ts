@@ -1,0 +1,90 @@
+/**
+ * The benchmark harness on the real tiny models (real ONNX sessions, real llama.cpp, real HTTP on
+ * loopback): the numbers are not asserted (they depend on the machine), what they claim is: a cold run
+ * encodes, a warm run is answered by the vision cache without the encoder, a follow-up runs no image
+ * stage, and every concurrent request is about a new image.
+ */
+import { describe, expect, it } from "vitest";
+import { runConcurrencyBench } from "../bench/concurrency.js";
+import { benchImage } from "../bench/images.js";
+import { resolveModelSet } from "../bench/model-sets.js";
+import { runPipelineBench } from "../bench/pipeline.js";
+import { concurrencyTable, pipelineTable } from "../bench/report.js";
+import { quantile, round } from "../bench/stats.js";
+
+const engine = {
+  maxTokens: 4,
+  visionThreads: 1,
+  llmThreads: 1,
+  device: "cpu" as const,
+  gpu: false as const,
+  contextSize: 1024,
+};
+const quiet = (): void => undefined;
+
+describe("bench statistics", () => {
+  it("interpolates quantiles between order statistics", () => {
+    expect(quantile([4, 1, 3, 2], 0.5)).toBe(2.5);
+    expect(quantile([10, 20], 0.95)).toBeCloseTo(19.5);
+    expect(quantile([7], 0.99)).toBe(7);
+    expect(Number.isNaN(quantile([], 0.5))).toBe(true);
+    expect(round(NaN)).toBeNull();
+    expect(round(1.26, 1)).toBe(1.3);
+  });
+
+  it("makes a different image per seed, with the box inside it", async () => {
+    const [a, b] = await Promise.all([benchImage(1), benchImage(2)]);
+    expect(a.png.equals(b.png)).toBe(false);
+    for (const img of [a, b]) {
+      const [x1, y1, x2, y2] = img.box;
+      expect(x1).toBeGreaterThanOrEqual(0);
+      expect(y1).toBeGreaterThanOrEqual(0);
+      expect(x2).toBeLessThanOrEqual(img.width);
+      expect(y2).toBeLessThanOrEqual(img.height);
+      expect(x2).toBeGreaterThan(x1);
+    }
+  });
+});
+
+describe("bench on the tiny models", () => {
+  it("pipeline: cold encodes, warm hits the cache and skips the encoder, follow-up runs no image stage", async () => {
+    const models = await resolveModelSet("tiny", { fullLayers: 1, threads: 1 });
+    const result = await runPipelineBench(models, { ...engine, repeats: 2 }, quiet);
+    const [cold, warm, followUp] = result.scenarios;
+    expect(cold.scenario).toBe("cold");
+    expect(cold.encoderRuns).toBe(2);
+    expect(cold.cacheMisses).toBe(2);
+    expect(cold.cacheHits).toBe(0);
+    expect(cold.stagesMs.encode).toBeGreaterThan(0);
+    expect(warm.encoderRuns).toBe(0);
+    expect(warm.cacheHits).toBe(2);
+    expect(warm.cacheMisses).toBe(0);
+    expect(warm.stagesMs.encode).toBeNull();
+    expect(warm.stagesMs.project).toBeNull();
+    expect(warm.stagesMs.prefill).toBeGreaterThan(0);
+    expect(followUp.stagesMs.decode).toBeNull();
+    expect(followUp.stagesMs.prefill).toBeNull();
+    expect(followUp.cacheHits + followUp.cacheMisses).toBe(0);
+    expect(result.followUpOverColdTtft).toBeGreaterThan(0);
+    expect(pipelineTable(result)).toContain("| cold |");
+  }, 120_000);
+
+  it("concurrency: real HTTP requests, each about a new image", async () => {
+    const models = await resolveModelSet("tiny", { fullLayers: 1, threads: 1 });
+    const result = await runConcurrencyBench(
+      models,
+      { ...engine, levels: [1, 3], seconds: 30, maxRequests: 3, maxConversations: 2 },
+      quiet,
+    );
+    expect(result.levels.map((l) => l.clients)).toEqual([1, 3]);
+    for (const level of result.levels) {
+      expect(level.errors).toBe(0);
+      expect(level.requests).toBe(3);
+      expect(level.cacheHits).toBe(0);
+      expect(level.latencyMs.p50).toBeGreaterThan(0);
+      expect(level.latencyMs.p99).toBeGreaterThanOrEqual(level.latencyMs.p50!);
+      expect(level.peakRssMiB).toBeGreaterThan(0);
+    }
+    expect(concurrencyTable(result)).toContain("| 3 | 3 | 0 |");
+  }, 120_000);
+});
