@@ -109,16 +109,20 @@ function resampleVertical(
 ): Uint8Array {
   const rowLen = width * channels;
   const out = new Uint8Array(rowLen * outHeight);
+  // Accumulate whole rows tap by tap (sequential memory access); sums are exact integers in doubles.
+  const acc = new Float64Array(rowLen);
   for (let yy = 0; yy < outHeight; yy++) {
     const ymin = c.start[yy] - rowShift;
     const n = c.count[yy];
     const kOff = yy * c.ksize;
-    const dstRow = yy * rowLen;
-    for (let i = 0; i < rowLen; i++) {
-      let ss = ROUNDING_OFFSET;
-      for (let y = 0; y < n; y++) ss += src[(y + ymin) * rowLen + i] * c.weights[kOff + y];
-      out[dstRow + i] = clip8(ss);
+    acc.fill(ROUNDING_OFFSET);
+    for (let y = 0; y < n; y++) {
+      const w = c.weights[kOff + y];
+      const srcRow = (y + ymin) * rowLen;
+      for (let i = 0; i < rowLen; i++) acc[i] += src[srcRow + i] * w;
     }
+    const dstRow = yy * rowLen;
+    for (let i = 0; i < rowLen; i++) out[dstRow + i] = clip8(acc[i]);
   }
   return out;
 }
