@@ -125,13 +125,14 @@ export function presetPaths(dir: string, preset: PresetFile): PresetPaths {
 /** Checks that a file sits in a complete model folder that lists it. */
 async function checkListedFile(file: string): Promise<FolderCheck> {
   const dir = path.dirname(file);
+  if (!(await stat(file).catch(() => undefined))) {
+    return { complete: false, problems: [`${file} is missing`], bytes: 0 };
+  }
   const check = await checkModelFolder(dir);
   const listed = check.manifest?.files?.some((f) => path.resolve(dir, f.path) === path.resolve(file));
   if (check.manifest && !listed) {
-    return { ...check, complete: false, problems: [...check.problems, `${path.basename(file)} is not in ${dir}/manifest.json`] };
-  }
-  if (!(await stat(file).catch(() => undefined))) {
-    return { ...check, complete: false, problems: [`${file} is missing`] };
+    const problem = `${path.basename(file)} is not in ${dir}/manifest.json`;
+    return { ...check, complete: false, problems: [...check.problems, problem] };
   }
   return check;
 }

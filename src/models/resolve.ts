@@ -71,11 +71,14 @@ export async function resolveModelPreset(nameOrDir: string, options: ResolveOpti
     if (found) return found;
   }
   const detail = problems.length ? `: ${problems.join("; ")}` : "";
+  const command = [
+    `region-vqa pull ${preset.name}`,
+    options.quant ? ` --quant ${options.quant}` : "",
+    options.variant ? ` --variant ${options.variant}` : "",
+  ].join("");
   throw new RegionVqaError(
     problems.length ? "model_invalid" : "model_not_found",
-    `model "${preset.name}" is not installed completely (looked in ${roots.join(", ")})${detail}. ` +
-      `Run \`region-vqa pull ${preset.name}\`${options.quant ? ` --quant ${options.quant}` : ""}` +
-      `${options.variant ? ` --variant ${options.variant}` : ""}`,
+    `model "${preset.name}" is not installed completely (looked in ${roots.join(", ")})${detail}. Run \`${command}\``,
     { roots, problems },
   );
 }
