@@ -267,8 +267,7 @@ function describeManifest(m: ModelManifest | undefined): string | undefined {
   if (!m) return undefined;
   const origin = m.origin as { variant?: string; variants?: string[] } | undefined;
   if (origin?.variants?.length) return origin.variants.join(", ");
-  if (origin?.variant) return origin.variant;
-  return m.precision;
+  return [origin?.variant, m.precision].filter(Boolean).join(", ") || undefined;
 }
 
 async function folderBytes(dir: string): Promise<number> {
