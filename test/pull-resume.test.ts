@@ -183,6 +183,34 @@ describe("resumable downloads against a loopback host", () => {
     expect((await readFile(dest())).equals(body)).toBe(true);
   });
 
+  it("stops at once when aborted (Ctrl-C), keeping the partial file for the next run", async () => {
+    host.misbehave(FILE_PATH, { kind: "stall", afterBytes: 80_000 });
+    const controller = new AbortController();
+    let aborting: ReturnType<typeof setTimeout> | undefined;
+    const started = Date.now();
+    const err = await failure(
+      downloadFile({
+        url: host.baseUrl + FILE_PATH,
+        dest: dest(),
+        signal: controller.signal,
+        // Ctrl-C a moment after the data stopped flowing (the server stalls after 80 kB).
+        onProgress: () => {
+          if (!aborting) aborting = setTimeout(() => controller.abort(), 300);
+        },
+      }),
+    );
+    expect(err.code).toBe("aborted");
+    expect(err.message).toMatch(/interrupted after [\d.]+ kB; run the same command again to resume/);
+    expect(Date.now() - started).toBeLessThan(5000);
+    const kept = (await stat(partialPathFor(dest()))).size;
+    expect(kept).toBeGreaterThan(0);
+    expect(err.details?.receivedBytes).toBe(kept);
+    expect(existsSync(`${dest()}.lock`)).toBe(false);
+    const r = await downloadFile({ url: host.baseUrl + FILE_PATH, dest: dest() });
+    expect(r.resumedFrom).toBe(kept);
+    expect((await readFile(dest())).equals(body)).toBe(true);
+  });
+
   it("refuses a checksum mismatch and keeps the file aside as .corrupt", async () => {
     const wrong = "0".repeat(64);
     const err = await failure(

@@ -3,6 +3,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ModelManifest } from "../src/common/manifest.js";
+import { maxAbsDiff } from "../src/common/tensor.js";
 import {
   hostConfigFromEnv,
   listInstalledModels,
@@ -10,6 +11,7 @@ import {
   resolveModelPreset,
   type Catalog,
 } from "../src/models/index.js";
+import { AlphaClipEncoder } from "../src/vision/index.js";
 import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
 import {
   catalogWith,
@@ -25,6 +27,10 @@ import {
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 const golden = (p: string) => path.resolve(repoRoot, "../shared/golden", p);
+async function goldenF32(name: string): Promise<Float32Array> {
+  const buf = await readFile(golden(`alpha-clip-tiny/${name}.bin`));
+  return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+}
 
 describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => {
   let host: FakeHost;
@@ -93,6 +99,20 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
     });
     expect((vision.origin as { sha256: string }).sha256).toBe(sha256Of(ckpt));
     expect(vision.source?.sha256).toBe(sha256Of(ckpt));
+    // The pulled folder loads in ONNX Runtime and gives the reference implementation's LLaVA features.
+    const encoder = await AlphaClipEncoder.load(preset.visionDir, { device: "cpu", threads: 1 });
+    try {
+      const out = await encoder.encode({
+        pixelValues: { data: await goldenF32("llava_pixel_values"), shape: [1, 3, 84, 84] },
+        alpha: { data: await goldenF32("llava_mask_alpha"), shape: [1, 1, 84, 84] },
+      });
+      expect(out.features!.shape).toEqual([1, 36, 64]);
+      expect(
+        maxAbsDiff(out.features!.data, await goldenF32("llava_mask_llava_features")),
+      ).toBeLessThanOrEqual(1e-4);
+    } finally {
+      await encoder.dispose();
+    }
     // The checkpoint is deleted once converted, and no work folder is left behind.
     expect(existsSync(path.join(dir, ".downloads", CKPT_20M))).toBe(false);
     expect(existsSync(`${preset.visionDir}.converting`)).toBe(false);
