@@ -4,7 +4,6 @@
  */
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { RegionVqaError } from "./common/errors.js";
 
 export interface ServerLimits {
@@ -22,6 +21,10 @@ export interface ServerLimits {
   maxMessages: number;
   /** Most polygon vertices in one region (all rings together). */
   maxPolygonPoints: number;
+  /** Conversations held open at once (each holds an LLM sequence); more wait for a free one. */
+  maxConversations: number;
+  /** An idle conversation is closed after this many milliseconds. */
+  conversationTtlMs: number;
 }
 
 export interface RemoteImageConfig {
@@ -31,21 +34,32 @@ export interface RemoteImageConfig {
   timeoutMs: number;
 }
 
-export interface ModelPaths {
-  /** Alpha-CLIP vision ONNX folder. */
-  vision: string;
-  /** Projector file (or folder). */
-  projector: string;
+/** Which model to serve and how to run it; unset paths mean the bundled default model. */
+export interface ModelConfig {
+  /** Preset name or preset folder (see `region-vqa models`); default: the bundled model. */
+  preset?: string;
+  /** Alpha-CLIP vision ONNX folder (overrides the preset; needs `llm` too). */
+  vision?: string;
+  /** Projector: mmproj GGUF, LLaVA checkpoint or projector folder. */
+  projector?: string;
   /** LLM GGUF file. */
-  llm: string;
+  llm?: string;
+  /** ONNX Runtime device for the vision encoder. */
+  device: "auto" | "cuda" | "cpu";
+  /** llama.cpp backend ("false" = CPU). */
+  gpu: "false" | "auto" | "cuda" | "vulkan";
+  /** ONNX Runtime threads (unset: all cores). */
+  visionThreads?: number;
+  /** llama.cpp threads. */
+  llmThreads?: number;
+  /** LLM context positions per conversation. */
+  contextSize?: number;
 }
 
 export interface ServerConfig {
   host: string;
   port: number;
-  models: ModelPaths;
-  /** CPU threads for the LLM and for ONNX Runtime. */
-  threads: number;
+  model: ModelConfig;
   /** Bearer key required on /v1/* when set. */
   apiKey?: string;
   /** Origins allowed by CORS; empty = CORS off. "*" allows any origin. */
@@ -57,26 +71,16 @@ export interface ServerConfig {
 }
 
 /** A partial config: what a file, the environment or flags may set. */
-export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "remoteImages" | "models">> & {
+export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "remoteImages" | "model">> & {
   limits?: Partial<ServerLimits>;
   remoteImages?: Partial<RemoteImageConfig>;
-  models?: Partial<ModelPaths>;
-};
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-
-/** The bundled default model lives in `models/` at the package root. */
-export const defaultModelPaths: ModelPaths = {
-  vision: path.join(repoRoot, "models", "vision"),
-  projector: path.join(repoRoot, "models", "projector"),
-  llm: path.join(repoRoot, "models", "llm", "model.gguf"),
+  model?: Partial<ModelConfig>;
 };
 
 export const defaultConfig: ServerConfig = {
   host: "127.0.0.1",
   port: 8080,
-  models: defaultModelPaths,
-  threads: 2,
+  model: { device: "auto", gpu: "false" },
   corsOrigins: [],
   limits: {
     maxBodyBytes: 20 * 1024 * 1024,
@@ -86,6 +90,8 @@ export const defaultConfig: ServerConfig = {
     maxTokens: 512,
     maxMessages: 64,
     maxPolygonPoints: 10_000,
+    maxConversations: 4,
+    conversationTtlMs: 10 * 60_000,
   },
   remoteImages: { allow: [], maxBytes: 10 * 1024 * 1024, timeoutMs: 10_000 },
   logLevel: "warn",
@@ -95,10 +101,15 @@ export const defaultConfig: ServerConfig = {
 export const environmentVariables: Array<{ name: string; field: string; help: string }> = [
   { name: "REGION_VQA_HOST", field: "host", help: "address to listen on" },
   { name: "REGION_VQA_PORT", field: "port", help: "port to listen on (0 = any free port)" },
-  { name: "REGION_VQA_VISION", field: "models.vision", help: "Alpha-CLIP vision model folder" },
-  { name: "REGION_VQA_PROJECTOR", field: "models.projector", help: "projector file or folder" },
-  { name: "REGION_VQA_LLM", field: "models.llm", help: "LLM .gguf file" },
-  { name: "REGION_VQA_THREADS", field: "threads", help: "CPU threads for the models" },
+  { name: "REGION_VQA_MODEL", field: "model.preset", help: "model preset name or folder (default: bundled)" },
+  { name: "REGION_VQA_VISION", field: "model.vision", help: "Alpha-CLIP vision model folder" },
+  { name: "REGION_VQA_PROJECTOR", field: "model.projector", help: "projector file or folder" },
+  { name: "REGION_VQA_LLM", field: "model.llm", help: "LLM .gguf file" },
+  { name: "REGION_VQA_DEVICE", field: "model.device", help: "vision device: auto|cuda|cpu" },
+  { name: "REGION_VQA_GPU", field: "model.gpu", help: "llama.cpp backend: false|auto|cuda|vulkan" },
+  { name: "REGION_VQA_THREADS", field: "model.visionThreads", help: "ONNX Runtime threads" },
+  { name: "REGION_VQA_LLM_THREADS", field: "model.llmThreads", help: "llama.cpp threads" },
+  { name: "REGION_VQA_CONTEXT_SIZE", field: "model.contextSize", help: "LLM context per conversation" },
   { name: "REGION_VQA_API_KEY", field: "apiKey", help: "bearer key required on /v1/* (off when unset)" },
   {
     name: "REGION_VQA_CORS_ORIGINS",
@@ -112,6 +123,16 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   { name: "REGION_VQA_MAX_TOKENS", field: "limits.maxTokens", help: "highest max_tokens (and the default)" },
   { name: "REGION_VQA_MAX_MESSAGES", field: "limits.maxMessages", help: "most messages per chat request" },
   { name: "REGION_VQA_MAX_POLYGON_POINTS", field: "limits.maxPolygonPoints", help: "most polygon vertices" },
+  {
+    name: "REGION_VQA_MAX_CONVERSATIONS",
+    field: "limits.maxConversations",
+    help: "conversations held open at once (LLM sequences)",
+  },
+  {
+    name: "REGION_VQA_CONVERSATION_TTL_MS",
+    field: "limits.conversationTtlMs",
+    help: "idle conversations close after this long",
+  },
   {
     name: "REGION_VQA_REMOTE_IMAGE_ALLOW",
     field: "remoteImages.allow",
@@ -128,7 +149,9 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
 
 const numericFields = new Set([
   "port",
-  "threads",
+  "model.visionThreads",
+  "model.llmThreads",
+  "model.contextSize",
   "limits.maxBodyBytes",
   "limits.maxImagePixels",
   "limits.maxRegions",
@@ -136,6 +159,8 @@ const numericFields = new Set([
   "limits.maxTokens",
   "limits.maxMessages",
   "limits.maxPolygonPoints",
+  "limits.maxConversations",
+  "limits.conversationTtlMs",
   "remoteImages.maxBytes",
   "remoteImages.timeoutMs",
 ]);
@@ -198,11 +223,11 @@ export function configFromFile(file: string): ServerConfigInput {
   }
   // Relative model paths in a file are relative to the file, not to the working directory.
   const input = parsed as ServerConfigInput;
-  if (input.models) {
+  if (input.model && typeof input.model === "object") {
     const dir = path.dirname(path.resolve(file));
     for (const key of ["vision", "projector", "llm"] as const) {
-      const p = input.models[key];
-      if (typeof p === "string") input.models[key] = path.resolve(dir, p);
+      const p = input.model[key];
+      if (typeof p === "string") input.model[key] = path.resolve(dir, p);
     }
   }
   return input;
@@ -212,13 +237,13 @@ function mergeInto(base: ServerConfig, layer: ServerConfigInput | undefined): Se
   if (!layer) return base;
   const defined = <T extends object>(o: T | undefined): Partial<T> =>
     Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
-  const { limits, remoteImages, models, ...rest } = layer;
+  const { limits, remoteImages, model, ...rest } = layer;
   return {
     ...base,
     ...defined(rest),
     limits: { ...base.limits, ...defined(limits) },
     remoteImages: { ...base.remoteImages, ...defined(remoteImages) },
-    models: { ...base.models, ...defined(models) },
+    model: { ...base.model, ...defined(model) },
   };
 }
 
@@ -227,7 +252,19 @@ function validate(config: ServerConfig): ServerConfig {
   if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
     problems.push(`port must be 0..65535, got ${config.port}`);
   }
-  if (!Number.isInteger(config.threads) || config.threads < 1) problems.push("threads must be >= 1");
+  for (const key of ["visionThreads", "llmThreads", "contextSize"] as const) {
+    const v = config.model[key];
+    if (v !== undefined && (!Number.isInteger(v) || v < 1))
+      problems.push(`model.${key} must be a whole number >= 1`);
+  }
+  if (!["auto", "cuda", "cpu"].includes(config.model.device))
+    problems.push("model.device must be auto, cuda or cpu");
+  if (!["false", "auto", "cuda", "vulkan"].includes(config.model.gpu)) {
+    problems.push("model.gpu must be false, auto, cuda or vulkan");
+  }
+  if (Boolean(config.model.vision) !== Boolean(config.model.llm)) {
+    problems.push("give both model.vision and model.llm (or neither, for a preset)");
+  }
   for (const [key, value] of Object.entries(config.limits)) {
     if (!Number.isInteger(value) || value < 1) problems.push(`limits.${key} must be a whole number >= 1`);
   }

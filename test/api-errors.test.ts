@@ -1,7 +1,7 @@
 /**
  * Every kind of bad input gets a 4xx JSON `{error: {code, message}}`, never a 500 or a hang. Most
- * checks happen before the pipeline; the pipeline here is the temporary double (see api-support.ts)
- * and only matters for the few requests that pass validation.
+ * checks happen before the pipeline; the real pipeline (small real models) serves the few requests
+ * that pass validation.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -10,10 +10,12 @@ import {
   makeImage,
   makeMask,
   startServer,
-  TemporaryPipelineDouble,
+  realPipeline,
   type RunningServer,
 } from "./api-support.js";
+import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 
+let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
 let image: string;
 let big: string;
@@ -21,7 +23,8 @@ let wrongMask: string;
 let emptyMask: string;
 
 beforeAll(async () => {
-  server = await startServer(new TemporaryPipelineDouble(), {
+  pipeline = await realPipeline();
+  server = await startServer(pipeline, {
     limits: {
       maxBodyBytes: 200_000,
       maxImagePixels: 100 * 100,
@@ -35,7 +38,10 @@ beforeAll(async () => {
   wrongMask = dataUrl(await makeMask(32, 32, [0, 0, 8, 8]));
   emptyMask = dataUrl(await makeMask(64, 48, [0, 0, 0, 0]));
 });
-afterAll(async () => server?.close());
+afterAll(async () => {
+  await server?.close();
+  await pipeline?.dispose();
+});
 
 async function expectError(response: Response, status: number, code: string): Promise<string> {
   const text = await response.text();
@@ -291,7 +297,7 @@ describe("bad requests in general", () => {
 describe("API key and CORS", () => {
   let secured: RunningServer;
   beforeAll(async () => {
-    secured = await startServer(new TemporaryPipelineDouble(), {
+    secured = await startServer(pipeline, {
       apiKey: "s3cret",
       corsOrigins: ["http://app.example"],
     });
@@ -307,7 +313,7 @@ describe("API key and CORS", () => {
     );
     const ok = await fetch(`${secured.url}/v1/models`, { headers: { authorization: "Bearer s3cret" } });
     expect(ok.status).toBe(200);
-    expect((await json(ok)).data[0].id).toBe("region-vqa-double");
+    expect((await json(ok)).data[0].id).toBe("tiny-test");
     expect((await fetch(`${secured.url}/healthz`)).status).toBe(200);
   });
 

@@ -4,20 +4,10 @@
  */
 import sharp from "sharp";
 import type { FastifyInstance } from "fastify";
-import { buildServer, type BuildServerOptions } from "../src/api/index.js";
+import { buildServer, ServerMetrics, type BuildServerOptions } from "../src/api/index.js";
 import { loadConfig, type ServerConfigInput } from "../src/config.js";
-import { decodeImage } from "../src/vision/decode.js";
-import { regionToMask } from "../src/vision/region.js";
-import type {
-  AnswerResult,
-  AnswerStream,
-  Conversation,
-  GenerationOptions,
-  OpenConversationOptions,
-  RegionVqaPipeline,
-  Turn,
-} from "../src/pipeline/types.js";
-import type { Region } from "../src/vision/types.js";
+import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
+import { tinyModels } from "./support/tiny-models.js";
 
 /** A W x H PNG: left half red, right half blue (optionally with an alpha channel: right half opaque). */
 export async function makeImage(width = 64, height = 48, withAlpha = false): Promise<Buffer> {
@@ -93,129 +83,25 @@ export async function readSse(response: Response): Promise<SseEvent[]> {
   return events;
 }
 
-/*
- * TEMPORARY TEST DOUBLE — remove when src/pipeline/index.ts (`createPipeline`, the real pipeline,
- * written by the lead) lands; the happy-path tests must then run on the real pipeline. Until then it
- * stands in for the models only: it decodes the image and rasterises the region with the real vision
- * code, and answers with facts it measured (region size, mean colour, turn number), streamed word by
- * word, honouring maxTokens, stop and abort, so the server's plumbing is tested for real.
+/**
+ * The real pipeline on the small real test models (tiny Alpha-CLIP from the golden checkpoint, the
+ * golden tiny projector, a random 96-wide LLaMA): answers are gibberish, so tests assert plumbing and
+ * equivalences (same region stated two ways -> same greedy answer), not content.
  */
-export class TemporaryPipelineDouble implements RegionVqaPipeline {
-  readonly models = { id: "region-vqa-double", vision: "double", projector: "double", llm: "double" };
-  private readonly conversations = new Map<string, Conversation>();
-  private nextId = 1;
-  disposed = false;
-
-  private async describe(image: Uint8Array, region: Region): Promise<string> {
-    const decoded = await decodeImage(image);
-    const mask = regionToMask(region, decoded.width, decoded.height);
-    let n = 0;
-    let red = 0;
-    let blue = 0;
-    for (let i = 0; i < mask.data.length; i++) {
-      if (!mask.data[i]) continue;
-      n++;
-      red += decoded.data[i * 3];
-      blue += decoded.data[i * 3 + 2];
-    }
-    const colour = red > blue ? "red" : "blue";
-    return `${n} pixels mostly ${colour}`;
-  }
-
-  private stream(
-    words: string[],
-    options: GenerationOptions = {},
-    onDone?: (text: string) => void,
-  ): AnswerStream {
-    const maxTokens = options.maxTokens ?? 256;
-    let resolve!: (r: AnswerResult) => void;
-    let reject!: (e: unknown) => void;
-    const result = new Promise<AnswerResult>((res, rej) => ((resolve = res), (reject = rej)));
-    result.catch(() => undefined);
-    async function* generate(): AsyncGenerator<string> {
-      let text = "";
-      let count = 0;
-      let finishReason: AnswerResult["finishReason"] = "stop";
-      try {
-        for (const word of words) {
-          if (options.signal?.aborted) {
-            finishReason = "abort";
-            break;
-          }
-          if (count >= maxTokens) {
-            finishReason = "length";
-            break;
-          }
-          const piece = (count === 0 ? "" : " ") + word;
-          if (options.stop?.some((s) => (text + piece).includes(s))) break;
-          text += piece;
-          count++;
-          await new Promise((r) => setTimeout(r, 2));
-          yield piece;
-        }
-        onDone?.(text);
-        resolve({ text, promptTokens: 10, completionTokens: count, finishReason });
-      } catch (err) {
-        reject(err);
-        throw err;
-      }
-    }
-    const iterable = generate();
-    return { result, [Symbol.asyncIterator]: () => iterable };
-  }
-
-  async openConversation(
-    image: Uint8Array,
-    region: Region,
-    options: OpenConversationOptions = {},
-  ): Promise<Conversation> {
-    const facts = await this.describe(image, region);
-    const id = `conv-${this.nextId++}`;
-    const turns: Turn[] = [...(options.history ?? [])];
-    const conversations = this.conversations;
-    const stream = this.stream.bind(this);
-    const conversation: Conversation = {
-      id,
-      turns,
-      ask(question, opts) {
-        const words = `Turn ${turns.length + 1}: the region has ${facts}; you asked "${question}".`.split(
-          " ",
-        );
-        return stream(words, opts, (answer) => turns.push({ question, answer }));
-      },
-      async close() {
-        conversations.delete(id);
-      },
-    };
-    this.conversations.set(id, conversation);
-    return conversation;
-  }
-
-  getConversation(id: string): Conversation | undefined {
-    return this.conversations.get(id);
-  }
-
-  async captionRegions(
-    image: Uint8Array,
-    regions: Region[],
-    options: GenerationOptions & { detail?: "short" | "long" } = {},
-  ): Promise<AnswerResult[]> {
-    const out: AnswerResult[] = [];
-    for (const region of regions) {
-      const facts = await this.describe(image, region);
-      const words = (
-        options.detail === "long" ? `A long caption: a region of ${facts}.` : `Region of ${facts}.`
-      ).split(" ");
-      const s = this.stream(words, options);
-      for await (const _ of s);
-      out.push(await s.result);
-    }
-    return out;
-  }
-
-  async dispose(): Promise<void> {
-    this.disposed = true;
-  }
+export async function realPipeline(metrics?: ServerMetrics): Promise<LocalRegionVqaPipeline> {
+  const models = await tinyModels();
+  return createPipeline({
+    onStage: metrics ? (stage, ms) => metrics.observeStage(stage, ms / 1000) : undefined,
+    onCache: metrics ? (hit) => metrics.recordCache("vision_embeddings", hit) : undefined,
+    ...models,
+    modelId: "tiny-test",
+    device: "cpu",
+    gpu: false,
+    visionThreads: 1,
+    llmThreads: 1,
+    contextSize: 1024,
+    maxConversations: 8,
+  });
 }
 
 /** A response's JSON body, loosely typed for assertions. */

@@ -16,7 +16,7 @@ import { PipelineHolder } from "./http.js";
 import { ServerMetrics } from "./metrics.js";
 import openAiRoutes from "./routes/openai.js";
 import opsRoutes from "./routes/ops.js";
-import regionsRoutes from "./routes/regions.js";
+import regionsRoutes, { conversationRoutes } from "./routes/regions.js";
 import uiRoutes from "./routes/ui.js";
 import { ajvBinaryFilePlugin, sharedSchemas } from "./schemas.js";
 
@@ -114,6 +114,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
 
   await app.register(opsRoutes, { pipeline, metrics });
   await app.register(regionsRoutes, { pipeline, config, metrics });
+  await app.register(conversationRoutes, { pipeline, config, metrics });
   await app.register(openAiRoutes, { pipeline, config, metrics });
   await app.register(uiRoutes, { root: options.uiRoot ?? defaultUiRoot });
 

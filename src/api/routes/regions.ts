@@ -305,6 +305,35 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pip
   );
 };
 
+const conversationRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pipeline, config }) => {
+  app.addHook("onRequest", bearerAuth(config.apiKey));
+  app.delete(
+    "/v1/regions/conversations/:id",
+    {
+      schema: {
+        tags: ["regions"],
+        summary: "End a conversation and free its LLM slot",
+        params: { type: "object", properties: { id: { type: "string" } }, required: ["id"] },
+        response: {
+          200: {
+            type: "object",
+            properties: { conversation_id: { type: "string" }, closed: { type: "boolean" } },
+          },
+          ...errorResponses,
+        },
+      },
+    },
+    async (request) => {
+      const { id } = request.params as { id: string };
+      const conversation = pipeline.get().getConversation(id);
+      if (!conversation)
+        throw new RegionVqaError("conversation_not_found", `No conversation "${id}" (it may have expired).`);
+      await conversation.close();
+      return { conversation_id: id, closed: true };
+    },
+  );
+};
+
 async function streamAnswer(
   reply: FastifyReply,
   conversationId: string,
@@ -330,4 +359,5 @@ async function streamAnswer(
   events.end();
 }
 
+export { conversationRoutes };
 export default regionsRoutes;
