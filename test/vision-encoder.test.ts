@@ -5,10 +5,13 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { main } from "../src/cli/index.js";
 import { maxAbsDiff, type Tensor } from "../src/common/tensor.js";
+import sharp from "sharp";
 import { convertVisionCheckpoint } from "../src/vision/convert/index.js";
 import {
   AlphaClipEncoder,
   decodeImage,
+  inMemoryStateDict,
+  writeAlphaClipModelFolder,
   decodeMaskImage,
   preprocessForAlphaClipReadme,
   preprocessForLlava,
@@ -193,16 +196,101 @@ describe("AlphaClipEncoder loading and failures", () => {
   it("a worker that dies rejects pending calls; dispose rejects later ones", async () => {
     const own = await AlphaClipEncoder.load(modelDir, { device: "cpu", threads: 1 });
     const pre = preprocessForLlava(image, mask, R);
+    // Simulate the thread dying while idle (terminating it under a native ORT run would abort the
+    // whole process, which is why dispose() never does that). A call made meanwhile stays pending
+    // until the exit is noticed, then rejects; so do later calls.
+    const worker = (own as unknown as { worker: { terminate(): Promise<number> } }).worker;
+    const dying = worker.terminate();
     const pending = own.encode(pre);
-    // Simulate a crash of the native side: the thread disappears under a pending request.
-    await (own as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await dying;
     await expect(pending).rejects.toEqual(code("internal"));
-    await expect(own.encode(pre)).rejects.toEqual(code("internal"));
+    await expect(own.encode(pre)).rejects.toThrow(/exited unexpectedly/);
     await own.dispose();
 
+    // dispose while runs are queued: the queued ones reject with aborted, dispose waits for the worker
     const second = await AlphaClipEncoder.load(modelDir, { device: "cpu", threads: 1 });
+    const queued = [second.encode(pre), second.encode(pre), second.encode(pre)];
     await second.dispose();
+    for (const q of queued) await expect(q).rejects.toEqual(code("aborted"));
     await expect(second.encode(pre)).rejects.toEqual(code("aborted"));
+  });
+});
+
+describe("the event loop stays free while the encoder works", () => {
+  it("timers keep firing during a long batched run in the worker", async () => {
+    // A mid-size random model (width 128, 4 blocks, 224 px) and a batch big enough to take a while.
+    const c = {
+      width: 128,
+      layers: 4,
+      heads: 2,
+      patchSize: 14,
+      imageSize: 224,
+      gridSize: 16,
+      outputDim: 64,
+      llavaFeatureLayer: 3,
+    };
+    let seed = 1;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff - 0.5) * 0.04;
+    const t = (shape: number[], fill?: number) => {
+      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      for (let i = 0; i < data.length; i++) data[i] = fill ?? rand();
+      return { shape, data };
+    };
+    const w = c.width;
+    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {
+      class_embedding: t([w]),
+      positional_embedding: t([c.gridSize ** 2 + 1, w]),
+      proj: t([w, c.outputDim]),
+      "conv1.weight": t([w, 3, 14, 14]),
+      "conv1_alpha.weight": t([w, 1, 14, 14]),
+      "ln_pre.weight": t([w], 1),
+      "ln_pre.bias": t([w], 0),
+      "ln_post.weight": t([w], 1),
+      "ln_post.bias": t([w], 0),
+    };
+    for (let i = 0; i < c.layers; i++) {
+      const b = `transformer.resblocks.${i}.`;
+      Object.assign(tensors, {
+        [`${b}attn.in_proj.weight`]: t([3 * w, w]),
+        [`${b}attn.in_proj.bias`]: t([3 * w]),
+        [`${b}attn.out_proj.weight`]: t([w, w]),
+        [`${b}attn.out_proj.bias`]: t([w]),
+        [`${b}ln_1.weight`]: t([w], 1),
+        [`${b}ln_1.bias`]: t([w], 0),
+        [`${b}mlp.c_fc.weight`]: t([4 * w, w]),
+        [`${b}mlp.c_fc.bias`]: t([4 * w]),
+        [`${b}mlp.c_proj.weight`]: t([w, 4 * w]),
+        [`${b}mlp.c_proj.bias`]: t([w]),
+        [`${b}ln_2.weight`]: t([w], 1),
+        [`${b}ln_2.bias`]: t([w], 0),
+      });
+    }
+    const dir = path.join(tmp, "mid");
+    await writeAlphaClipModelFolder(inMemoryStateDict(tensors), c, dir);
+    const mid = await AlphaClipEncoder.load(dir, { device: "cpu", threads: 1 });
+    try {
+      const R2 = c.imageSize;
+      const n = 24;
+      const pixelValues = { data: new Float32Array(3 * R2 * R2).fill(0.1), shape: [1, 3, R2, R2] };
+      const alpha = { data: new Float32Array(n * R2 * R2).fill(1.9231), shape: [n, 1, R2, R2] };
+      let last = performance.now();
+      let maxGap = 0;
+      const timer = setInterval(() => {
+        const now = performance.now();
+        maxGap = Math.max(maxGap, now - last);
+        last = now;
+      }, 5);
+      const started = performance.now();
+      const out = await mid.encode({ pixelValues, alpha });
+      const encodeMs = performance.now() - started;
+      clearInterval(timer);
+      expect(out.features!.shape).toEqual([n, 256, w]);
+      // Meaningful only if the run took a while; a blocking run would leave one gap as long as itself.
+      expect(encodeMs).toBeGreaterThan(300);
+      expect(maxGap).toBeLessThan(encodeMs / 2);
+    } finally {
+      await mid.dispose();
+    }
   });
 });
 
@@ -264,6 +352,56 @@ describe("region-vqa encode (the real CLI command, in-process)", () => {
     for (let i = 0; i < values.length; i++) values[i] = buf.readFloatLE(i * 4);
     expect(maxAbsDiff(values, goldenF32("llava_mask_llava_features"))).toBeLessThanOrEqual(1e-4);
     expect(res.stderr).toMatch(/vision encoder: CUDA unavailable/);
+  });
+
+  it("--alpha uses the image's own alpha channel as the region", async () => {
+    // The golden image with the golden mask as its alpha channel: same features as --mask.
+    const rgba = new Uint8Array(image.width * image.height * 4);
+    for (let i = 0; i < image.width * image.height; i++) {
+      rgba.set(image.data.subarray(i * 3, i * 3 + 3), i * 4);
+      rgba[i * 4 + 3] = mask.data[i] ? 255 : 0;
+    }
+    const rgbaFile = path.join(tmp, "rgba.png");
+    await sharp(Buffer.from(rgba), { raw: { width: image.width, height: image.height, channels: 4 } })
+      .png()
+      .toFile(rgbaFile);
+    const outFile = path.join(tmp, "alpha.bin");
+    const res = await runCli([
+      "encode",
+      "--model",
+      modelDir,
+      "--image",
+      rgbaFile,
+      "--alpha",
+      "--out",
+      outFile,
+      "--device",
+      "cpu",
+      "--threads",
+      "1",
+    ]);
+    expect(res.code).toBe(0);
+    expect(JSON.parse(res.stdout).region.kind).toBe("alpha");
+    const buf = readFileSync(outFile);
+    const values = new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+    expect(maxAbsDiff(values, goldenF32("llava_mask_llava_features"))).toBeLessThanOrEqual(1e-4);
+    // an RGB image has no alpha channel to use
+    const noAlpha = await runCli([
+      "encode",
+      "--model",
+      modelDir,
+      "--image",
+      path.join(golden, "test_image.png"),
+      "--alpha",
+      "--out",
+      outFile,
+      "--device",
+      "cpu",
+      "--threads",
+      "1",
+    ]);
+    expect(noAlpha.code).toBe(2);
+    expect(noAlpha.stderr).toMatch(/has no alpha channel/);
   });
 
   it("--box works and a bad box exits with code 2 and a clear message", async () => {

@@ -6,7 +6,8 @@
  * The worker posts { type: "ready", provider, fallbackReason?, inputNames, outputNames } or
  * { type: "error", error }. Then each { id, inputs: { name: { data, dims } } } is answered, strictly in
  * arrival order (one run at a time), by { id, outputs: { name: { data, dims } } } or { id, error }.
- * { type: "close" } releases the session and ends the worker.
+ * { type: "close" } drops queued runs, lets the current one finish, releases the session and ends the
+ * worker.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -150,8 +151,12 @@ const ready = createSession(init).then(
   },
 );
 
+let closing = false;
+
 async function run(id: number, inputs: Record<string, WireTensor>): Promise<void> {
   await ready;
+  // Runs queued behind a close are dropped (the owner has already rejected them).
+  if (closing) return;
   if (!session) throw new RegionVqaError("internal", "vision encoder session is not available");
   const feeds: Record<string, ort.Tensor> = {};
   for (const [name, t] of Object.entries(inputs)) feeds[name] = new ort.Tensor("float32", t.data, t.dims);
@@ -170,6 +175,9 @@ async function run(id: number, inputs: Record<string, WireTensor>): Promise<void
 
 port.on("message", (msg: { type?: string; id?: number; inputs?: Record<string, WireTensor> }) => {
   if (msg.type === "close") {
+    closing = true;
+    // After the run in progress (never terminate under a native run: onnxruntime-node aborts the
+    // whole process when a run completes in a torn-down worker).
     queue = queue.then(async () => {
       await ready;
       await session?.release();

@@ -314,16 +314,18 @@ export class AlphaClipEncoder {
     };
   }
 
-  /** Release the session and stop the worker; pending and later calls reject with `aborted`. */
+  /**
+   * Release the session and stop the worker; pending and later calls reject with `aborted`. Resolves
+   * when the worker has ended, i.e. after the run in progress, if any, has finished.
+   */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
     this.failAll(new RegionVqaError("aborted", "vision encoder was disposed"));
+    // The worker ends itself once the run in progress (if any) is over. It is never terminated from
+    // here: onnxruntime-node aborts the whole process when a run completes in a terminated worker.
     this.worker.postMessage({ type: "close" });
-    // The worker ends itself after releasing the session; a stuck one is terminated.
-    const timer = setTimeout(() => void this.worker.terminate(), 5000);
     await this.exited;
-    clearTimeout(timer);
   }
 
   /** For tests: the worker's thread id (to check that work happens off the main thread). */
