@@ -230,6 +230,19 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
     expect(entries.map((e) => [e.kind, e.complete])).toEqual([["corrupt-file", false]]);
   });
 
+  it("refuses up front when the files cannot fit on the disk", async () => {
+    const huge = structuredClone(catalog);
+    const q4 = huge.models[1].variants.Q4_K_M.files[0];
+    q4.bytes = undefined;
+    q4.sha256 = undefined;
+    q4.approxBytes = 2 ** 60;
+    const err = await failure(pullModel("alpha-llava-7b", { catalog: huge, env, modelsDir: dir }));
+    expect(err.code).toBe("download_failed");
+    expect(err.details?.reason).toBe("disk_full");
+    expect(err.message).toMatch(/not enough disk space .* for alpha-llava-7b: about .* to download/);
+    expect(host.requests).toEqual([]);
+  });
+
   it("says which variable to set when Hugging Face wants a token", async () => {
     const { HF_TOKEN: _dropped, ...noToken } = env;
     const err = await failure(pullModel("llava-v1.5-7b", { catalog, env: noToken, modelsDir: dir }));

@@ -1,10 +1,11 @@
-import { mkdir, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, stat, statfs, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
 import type { ManifestFile, ModelManifest } from "../common/manifest.js";
 import {
   DEFAULT_CATALOG,
   findCatalogModel,
+  knownSize,
   findCatalogPreset,
   variantFiles,
   type Catalog,
@@ -12,7 +13,7 @@ import {
   type CatalogModel,
   type HostId,
 } from "./catalog.js";
-import { downloadFile, hashFile, type DownloadProgress } from "./download.js";
+import { downloadFile, formatBytes, hashFile, partialPathFor, type DownloadProgress } from "./download.js";
 import { fileUrl, hostConfigFromEnv, type HostConfig } from "./hosts.js";
 import { checkModelFolder, checkPreset, presetPaths, readManifest, type PresetFile } from "./installed.js";
 import { CONVERTING_SUFFIX, defaultModelsDir, DOWNLOADS_FOLDER, PRESET_FILE } from "./paths.js";
@@ -113,6 +114,10 @@ export async function pullModel(name: string, options: PullOptions = {}): Promis
     const llmModel = requireModel(catalog, preset.llm.model);
     const visionVariant = pickVariant(visionModel, options.variant ?? preset.vision.variant);
     const llmVariant = pickVariant(llmModel, options.quant ?? preset.llm.variant);
+    await checkSpaceFor(ctx, [
+      [visionModel, visionVariant],
+      [llmModel, llmVariant],
+    ]);
     const visionDir = await pullOne(ctx, visionModel, visionVariant);
     const llmDir = await pullOne(ctx, llmModel, llmVariant);
     const paths = {
@@ -148,8 +153,47 @@ export async function pullModel(name: string, options: PullOptions = {}): Promis
     throw new RegionVqaError("model_not_found", `unknown model "${name}"; known: ${known}`);
   }
   const wanted = model.variantFlag === "quant" ? (options.quant ?? options.variant) : (options.variant ?? options.quant);
-  await pullOne(ctx, model, pickVariant(model, wanted));
+  const variant = pickVariant(model, wanted);
+  await checkSpaceFor(ctx, [[model, variant]]);
+  await pullOne(ctx, model, variant);
   return ctx.result;
+}
+
+/**
+ * Fails before the first byte when the files still to download clearly cannot fit (sizes from the
+ * catalogue, approximate where the exact one is unknown), instead of after gigabytes of downloading.
+ */
+async function checkSpaceFor(ctx: PullContext, parts: Array<[CatalogModel, string]>): Promise<void> {
+  let needed = 0;
+  for (const [model, variant] of parts) {
+    if (model.layout === "vision") {
+      const existing = await checkModelFolder(path.join(ctx.root, model.name, variant));
+      if (existing.complete) continue;
+    }
+    for (const file of variantFiles(model, variant)) {
+      const dest = fileDest(ctx.root, model, file);
+      if (await stat(dest).catch(() => undefined)) continue;
+      const partial = (await stat(partialPathFor(dest)).catch(() => undefined))?.size ?? 0;
+      needed += Math.max(0, (knownSize(file) ?? 0) - partial);
+    }
+  }
+  const fsStat = await statfs(ctx.root).catch(() => undefined);
+  if (!fsStat || needed === 0) return;
+  const free = fsStat.bavail * fsStat.bsize;
+  if (needed > free) {
+    throw new RegionVqaError(
+      "download_failed",
+      `not enough disk space in ${ctx.root} for ${ctx.result.name}: about ${formatBytes(needed)} to download, ` +
+        `${formatBytes(free)} free (ENOSPC); free some space or pull into another folder with --dir`,
+      { reason: "disk_full", neededBytes: needed, freeBytes: free },
+    );
+  }
+}
+
+function fileDest(root: string, model: CatalogModel, file: CatalogFile): string {
+  return model.layout === "vision"
+    ? path.join(root, DOWNLOADS_FOLDER, file.file)
+    : path.join(root, model.name, file.file);
 }
 
 function roleFile(model: CatalogModel, variant: string, role: CatalogFile["role"]): CatalogFile {
@@ -223,7 +267,7 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
     return finalDir;
   }
 
-  const source = await download(ctx, checkpoint, path.join(root, DOWNLOADS_FOLDER, checkpoint.file));
+  const source = await download(ctx, checkpoint, fileDest(root, model, checkpoint));
   const sha256 = source.sha256 ?? (await hashFile(source.path, source.bytes));
   const workDir = `${finalDir}${CONVERTING_SUFFIX}`;
   await rm(workDir, { recursive: true, force: true });
@@ -266,7 +310,7 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
 async function pullGguf(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
   const dir = path.join(ctx.root, model.name);
   const pulled: PulledFile[] = [];
-  for (const file of variantFiles(model, variant)) pulled.push(await download(ctx, file, path.join(dir, file.file)));
+  for (const file of variantFiles(model, variant)) pulled.push(await download(ctx, file, fileDest(ctx.root, model, file)));
 
   const previous = await readManifest(dir).catch(() => undefined);
   const files = new Map<string, ManifestFile>();
