@@ -91,6 +91,22 @@ describe("decodeImage", () => {
     }
   });
 
+  it("CMYK JPEG and 16-bit PNG become 8-bit RGB", async () => {
+    const px = new Uint8Array(8 * 8 * 3).fill(200);
+    for (let i = 0; i < 64; i++) px[i * 3] = 30; // a cyan-ish flat colour
+    const input = () => sharp(Buffer.from(px), { raw: { width: 8, height: 8, channels: 3 } });
+    const cmyk = await input().toColourspace("cmyk").jpeg({ quality: 100 }).toBuffer();
+    expect((await sharp(cmyk).metadata()).space).toBe("cmyk");
+    const fromCmyk = await decodeImage(cmyk);
+    expect([fromCmyk.data.length, fromCmyk.alpha]).toEqual([8 * 8 * 3, undefined]);
+    // colour management may shift the levels, but it stays cyan-ish: red well below green and blue
+    expect(fromCmyk.data[0] + 50).toBeLessThan(fromCmyk.data[1]);
+    expect(fromCmyk.data[0] + 50).toBeLessThan(fromCmyk.data[2]);
+    const png16 = await input().toColourspace("rgb16").png().toBuffer();
+    expect((await sharp(png16).metadata()).depth).toBe("ushort");
+    expect(Array.from((await decodeImage(png16)).data)).toEqual(Array.from(px));
+  });
+
   it("returns the alpha channel of RGBA images separately", async () => {
     const rgba = Uint8Array.from([10, 20, 30, 0, 40, 50, 60, 127, 70, 80, 90, 128, 1, 2, 3, 255]);
     const bytes = await sharp(Buffer.from(rgba), { raw: { width: 2, height: 2, channels: 4 } })
