@@ -91,6 +91,20 @@ describe("decodeImage", () => {
     }
   });
 
+  it("an animated GIF gives its first frame", async () => {
+    const frame = (r: number) =>
+      sharp({ create: { width: 6, height: 4, channels: 3, background: { r, g: 0, b: 0 } } })
+        .png()
+        .toBuffer();
+    const gif = await sharp([await frame(255), await frame(0)], { join: { animated: true } })
+      .gif()
+      .toBuffer();
+    expect((await sharp(gif).metadata()).pages).toBe(2);
+    const img = await decodeImage(gif);
+    expect([img.width, img.height]).toEqual([6, 4]);
+    expect(Array.from(img.data.subarray(0, 3))).toEqual([255, 0, 0]);
+  });
+
   it("CMYK JPEG and 16-bit PNG become 8-bit RGB", async () => {
     const px = new Uint8Array(8 * 8 * 3).fill(200);
     for (let i = 0; i < 64; i++) px[i * 3] = 30; // a cyan-ish flat colour
