@@ -1,0 +1,24 @@
+export { Mulberry32, sceneRng } from "./prng.js";
+export {
+  BACKGROUND,
+  COLOURS,
+  COLOUR_NAMES,
+  POSITIONS,
+  SHAPES,
+  generateScene,
+  objectBox,
+  objectMask,
+  positionOf,
+  renderScene,
+} from "./scene.js";
+export type { ColourName, PositionName, RenderedScene, Scene, SceneObject, ShapeName } from "./scene.js";
+export {
+  QUESTION_TYPES,
+  TEMPLATES,
+  makeQuestion,
+  positionPhrase,
+  referenceAnswer,
+  truthFor,
+} from "./questions.js";
+export type { AnswerTruth, QuestionType, ShapesQuestion } from "./questions.js";
+export { checkAnswer } from "./check.js";
