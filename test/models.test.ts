@@ -188,6 +188,19 @@ describe("progress output", () => {
     const shown = tty.text().replaceAll(`${String.fromCharCode(27)}[K`, "<EL>");
     expect(shown).toMatch(/^\r.*45%.*<EL>\r.*49%.*<EL>\nnote\n\r.*100%.*done<EL>\n$/s);
 
+    // A narrow terminal: no bar, a shortened name, the numbers kept whole.
+    let narrow = "";
+    const narrowStream = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        narrow += chunk.toString();
+        cb();
+      },
+    });
+    createProgressPrinter(narrowStream, { isTTY: true, columns: 60 }).update(sample);
+    const line = narrow.slice(1, narrow.indexOf(String.fromCharCode(27)));
+    expect(line).toMatch(/^llava-v1\.5-7b\S*~ {3}45% {2}1\.84 GB \/ 4\.08 GB {2}52\.1 MB\/s {2}ETA 43s$/);
+    expect(line.length).toBeLessThanOrEqual(59);
+
     const plain = capture(false);
     plain.printer.update(sample);
     plain.printer.update({ ...sample, receivedBytes: 2_000_000_000 }); // within the interval: skipped

@@ -73,7 +73,9 @@ describe("resumable downloads against a loopback host", () => {
   it("resumes automatically within one call after a dropped connection", async () => {
     host.misbehave(FILE_PATH, { kind: "drop", afterBytes: 50_000 }, { kind: "drop", afterBytes: 70_000 });
     const progress: DownloadProgress[] = [];
+    const retries: string[] = [];
     const r = await downloadFile({
+      onRetry: (m) => retries.push(m),
       url: host.baseUrl + FILE_PATH,
       dest: dest(),
       expectedSha256: sha256Of(body),
@@ -82,6 +84,10 @@ describe("resumable downloads against a loopback host", () => {
       onProgress: (p) => progress.push(p),
     });
     expect(r.requests).toBe(3);
+    expect(retries).toHaveLength(2);
+    expect(retries[0]).toMatch(
+      /connection dropped .* of 300 kB \(http:.*\); resuming from [\d.]+ kB \(retry 1 of 3\)$/,
+    );
     expect(r.sha256).toBe(sha256Of(body));
     const starts = host.requests.map((q) => Number(/^bytes=(\d+)-$/.exec(q.range ?? "")?.[1] ?? 0));
     expect(starts[0]).toBe(0);

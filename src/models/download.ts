@@ -42,6 +42,8 @@ export interface DownloadOptions {
   authHint?: string;
   signal?: AbortSignal;
   onProgress?: (progress: DownloadProgress) => void;
+  /** Told about each automatic retry (why, and from which byte it resumes). */
+  onRetry?: (message: string) => void;
   /** Automatic resumptions after a dropped connection, timeout or 5xx (default 3). */
   retries?: number;
   /** First pause before a retry, doubled each time (default 1000 ms). */
@@ -204,6 +206,10 @@ async function downloadToPartial(options: DownloadOptions, label: string): Promi
     }
     attempt++;
     if (attempt > retries) throw outcome.error;
+    options.onRetry?.(
+      `${outcome.error.message.replace(/\. The partial file is kept.*$/, "")}; resuming from ` +
+        `${formatBytes(received)} (retry ${attempt} of ${retries})`,
+    );
     await sleep(
       (options.retryDelayMs ?? 1000) * 2 ** (attempt - 1),
       options.signal,

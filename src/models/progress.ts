@@ -36,7 +36,14 @@ export function createProgressPrinter(
     update(p) {
       if (tty) {
         const width = options.columns ?? stream.columns ?? 100;
-        const text = formatProgressLine(p, Math.max(10, Math.min(30, width - 70)));
+        // The bar takes what the numbers leave of the line; on a narrow terminal it goes first.
+        const room = width - 1 - formatProgressLine(p, 0).length - 4;
+        let text = formatProgressLine(p, room >= 5 ? Math.min(30, room) : 0);
+        const overflow = text.length - (width - 1);
+        if (overflow > 0 && p.label.length - overflow - 1 >= 8) {
+          // Shorten the file name rather than lose the numbers at the end of the line.
+          text = formatProgressLine({ ...p, label: `${p.label.slice(0, p.label.length - overflow - 1)}~` }, 0);
+        }
         stream.write(`\r${text.slice(0, width - 1)}\x1b[K`);
         lineOpen = true;
         if (p.phase === "done") endLine();

@@ -224,6 +224,7 @@ async function download(ctx: PullContext, file: CatalogFile, dest: string): Prom
         : "the host refused access: check the mirror's credentials",
     signal: options.signal,
     onProgress: options.onProgress,
+    onRetry: options.onLog,
     retries: options.retries,
     retryDelayMs: options.retryDelayMs,
     headersTimeoutMs: options.headersTimeoutMs,
