@@ -9,12 +9,13 @@
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N] [--device auto|cpu|cuda]
  *     [--gpu false|auto|cuda|vulkan] [--max-conversations N] [--out DIR]
+ *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
  * one CPU request takes many seconds). vision and llm run bench/vision.ts and bench/llm.ts.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -52,6 +53,7 @@ const { values } = parseArgs({
     "context-size": { type: "string", default: "2048" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
+    render: { type: "string" },
   },
   strict: true,
 });
@@ -227,7 +229,11 @@ async function parent(): Promise<void> {
   if (report.failures.length) process.exitCode = 1;
 }
 
-if (values.child) {
+if (values.render) {
+  // Re-renders the markdown of a saved JSON result (e.g. after changing the tables).
+  const saved = JSON.parse(readFileSync(values.render, "utf8")) as BenchReport;
+  process.stdout.write(`${renderReport(saved)}\n`);
+} else if (values.child) {
   if (values.child !== "pipeline" && values.child !== "concurrency")
     fail(`--child must be pipeline or concurrency`);
   const model = list(values.model, MODEL_SETS, "model")?.[0] ?? fail("--child needs --model");

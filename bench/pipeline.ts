@@ -42,6 +42,12 @@ export interface ScenarioResult {
   totalMs: number | null;
   decodeTokensPerSecond: number | null;
   completionTokens: number | null;
+  /**
+   * Prompt tokens llama.cpp evaluated for the question (the rest was in the KV cache). A follow-up
+   * evaluates its own turn plus whatever of the previous answer differs from that answer's text
+   * tokenised again (always its last sampled token; with random weights, often much more).
+   */
+  evaluatedPromptTokens: number | null;
   /** Vision-cache counters over all runs of this scenario. */
   cacheHits: number;
   cacheMisses: number;
@@ -76,6 +82,7 @@ interface RunSample {
   totalMs: number;
   decodeTokensPerSecond: number;
   completionTokens: number;
+  evaluatedPromptTokens: number;
   cacheHits: number;
   cacheMisses: number;
 }
@@ -85,7 +92,13 @@ async function timedAnswer(
   conversation: Conversation,
   question: string,
   generation: GenerationOptions,
-): Promise<{ ttftMs: number; totalMs: number; decodeTokensPerSecond: number; completionTokens: number }> {
+): Promise<{
+  ttftMs: number;
+  totalMs: number;
+  decodeTokensPerSecond: number;
+  completionTokens: number;
+  evaluatedPromptTokens: number;
+}> {
   const t0 = performance.now();
   let first: number | undefined;
   const stream = conversation.ask(question, generation);
@@ -102,6 +115,8 @@ async function timedAnswer(
     decodeTokensPerSecond:
       result.completionTokens > 1 && decodeSeconds > 0 ? (result.completionTokens - 1) / decodeSeconds : NaN,
     completionTokens: result.completionTokens,
+    // The LLM stage's result carries this beyond the pipeline's AnswerResult type.
+    evaluatedPromptTokens: (result as { evaluatedPromptTokens?: number }).evaluatedPromptTokens ?? NaN,
   };
 }
 
@@ -135,6 +150,7 @@ function summarise(scenario: ScenarioName, samples: RunSample[]): ScenarioResult
     totalMs: stat((s) => s.totalMs),
     decodeTokensPerSecond: stat((s) => s.decodeTokensPerSecond),
     completionTokens: stat((s) => s.completionTokens, 0),
+    evaluatedPromptTokens: stat((s) => s.evaluatedPromptTokens, 0),
     cacheHits: samples.reduce((a, s) => a + s.cacheHits, 0),
     cacheMisses: samples.reduce((a, s) => a + s.cacheMisses, 0),
   };
@@ -164,6 +180,7 @@ async function firstQuestion(
       totalMs: opened + answer.totalMs,
       decodeTokensPerSecond: answer.decodeTokensPerSecond,
       completionTokens: answer.completionTokens,
+      evaluatedPromptTokens: answer.evaluatedPromptTokens,
       cacheHits: after.hits - before.hits,
       cacheMisses: after.misses - before.misses,
     },
@@ -224,6 +241,7 @@ export async function runPipelineBench(
           totalMs: answer.totalMs,
           decodeTokensPerSecond: answer.decodeTokensPerSecond,
           completionTokens: answer.completionTokens,
+          evaluatedPromptTokens: answer.evaluatedPromptTokens,
           cacheHits: after.hits - before.hits,
           cacheMisses: after.misses - before.misses,
         });

@@ -40,8 +40,8 @@ export function pipelineTable(r: PipelineBenchResult): string {
     `device ${o.device}, llama.cpp gpu ${String(o.gpu)}; ONNX Runtime ${o.visionThreads} thread(s), llama.cpp ${o.llmThreads} thread(s); ` +
       `greedy, max ${o.maxTokens} tokens; median of ${o.repeats} run(s); load ${cell(r.loadMs, " ms")}, first request after load ${cell(r.warmupMs, " ms")}; peak RSS ${r.peakRssMiB} MiB`,
     "",
-    "| scenario | decode ms | preprocess ms | encode ms | project ms | prefill ms (system + image) | question → first token ms | **TTFT ms** | decode tok/s | answer tokens | encoder ran | cache hits / misses |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| scenario | decode ms | preprocess ms | encode ms | project ms | prefill ms (system + image) | question tokens evaluated | question → first token ms | **TTFT ms** | decode tok/s | answer tokens | encoder ran | cache hits / misses |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ...r.scenarios
       .map((s) =>
         [
@@ -51,6 +51,7 @@ export function pipelineTable(r: PipelineBenchResult): string {
           cell(s.stagesMs.encode),
           cell(s.stagesMs.project),
           cell(s.stagesMs.prefill),
+          cell(s.evaluatedPromptTokens),
           cell(s.questionTtftMs),
           `**${cell(s.ttftMs)}**`,
           cell(s.decodeTokensPerSecond),
