@@ -11,6 +11,7 @@ const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/convert-vision.js"),
   () => import("./commands/convert-projector.js"),
   () => import("./commands/serve.js"),
+  () => import("./commands/eval-shapes.js"),
 ];
 
 export async function main(argv: string[]): Promise<number> {

@@ -22,3 +22,5 @@ export {
 } from "./questions.js";
 export type { AnswerTruth, QuestionType, ShapesQuestion } from "./questions.js";
 export { checkAnswer } from "./check.js";
+export { evaluateShapes, encodePng } from "./evaluate.js";
+export type { EvalCategory, ShapesEvalOptions, ShapesEvalRecord, ShapesEvalResult } from "./evaluate.js";
