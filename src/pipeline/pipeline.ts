@@ -8,7 +8,8 @@ import {
   AlphaClipEncoder,
   DEFAULT_DECODE_LIMITS,
   decodeImage,
-  preprocessForLlava,
+  llavaAlphaFromMask,
+  preprocessImageForLlava,
   regionToMask,
   type DecodeLimits,
   type DecodedImage,
@@ -236,16 +237,20 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const todo = results.flatMap((r, i) => (r ? [] : [i]));
     if (todo.length > 0) {
       const size = this.encoder.imageSize;
-      // "Whole image" is the reference's no-mask path: alpha is foreground everywhere, padding included.
-      const prepared = await this.timed("preprocess", () =>
-        todo.map((i) => preprocessForLlava(decoded, regions[i].kind === "whole" ? null : masks[i], size)),
-      );
       const plane = size * size;
-      const alpha = new Float32Array(todo.length * plane);
-      prepared.forEach((p, j) => alpha.set(p.alpha.data, j * plane));
+      // The image is padded and resized once; each region only adds its alpha plane.
+      const { pixelValues, alpha } = await this.timed("preprocess", () => {
+        const alpha = new Float32Array(todo.length * plane);
+        todo.forEach((i, j) => {
+          // "Whole image" is the reference's no-mask path: alpha is foreground everywhere, padding included.
+          const a = llavaAlphaFromMask(regions[i].kind === "whole" ? null : masks[i], size);
+          alpha.set(a.alpha.data, j * plane);
+        });
+        return { pixelValues: preprocessImageForLlava(decoded, size).pixelValues, alpha };
+      });
       const encoded = await this.timed("encode", () =>
         this.encoder.encode({
-          pixelValues: prepared[0].pixelValues,
+          pixelValues,
           alpha: { data: alpha, shape: [todo.length, 1, size, size] },
         }),
       );

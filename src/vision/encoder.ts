@@ -4,11 +4,9 @@
  * ONNX Runtime inside a worker thread, so that the event loop never blocks on session creation or runs.
  */
 import { readFile, stat } from "node:fs/promises";
-import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { Worker, type WorkerOptions } from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { RegionVqaError } from "../common/errors.js";
 import type { ModelManifest } from "../common/manifest.js";
 import { makeTensor, type Tensor } from "../common/tensor.js";
@@ -64,19 +62,6 @@ const MODEL_KINDS = ["alpha-clip-vision", "alpha-clip-llava-fused"] as const;
 export const LLAVA_FEATURES_OUTPUT = "llava_features";
 export const IMAGE_EMBED_OUTPUT = "image_embed";
 export const PROJECTED_OUTPUT = "projected";
-
-/**
- * `startSiblingWorker`, except from TypeScript sources: Node 20 workers ignore `--import tsx` in
- * execArgv, so the .ts worker is started from a tiny CommonJS bootstrap that registers tsx first.
- * TODO(lead): the projector has the same helper; fold both into src/common/worker-url.ts.
- */
-function startWorker(baseName: string, options: WorkerOptions): Worker {
-  if (!import.meta.url.endsWith(".ts")) return startSiblingWorker(import.meta.url, baseName, options);
-  const require = createRequire(import.meta.url);
-  const file = fileURLToPath(new URL(`./${baseName}.ts`, import.meta.url));
-  const code = `require(${JSON.stringify(require.resolve("tsx/cjs/api"))}).register();\nrequire(${JSON.stringify(file)});`;
-  return new Worker(code, { ...options, eval: true });
-}
 
 /** Read and check a vision model folder's manifest. */
 export async function readEncoderManifest(modelDir: string): Promise<ModelManifest<EncoderModelConfig>> {
@@ -178,7 +163,7 @@ export class AlphaClipEncoder {
     const manifest = await readEncoderManifest(modelDir);
     const modelPath = path.resolve(modelDir, manifest.files.find((f) => f.role === "onnx")!.path);
     const init: EncoderWorkerInit = { modelPath, device, threads };
-    const worker = startWorker("encoder-worker", { workerData: init });
+    const worker = startSiblingWorker(import.meta.url, "encoder-worker", { workerData: init });
     type Ready = {
       type: "ready";
       provider: "cuda" | "cpu";
