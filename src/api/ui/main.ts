@@ -20,7 +20,7 @@ const form = $<HTMLFormElement>("ask-form");
 const question = $<HTMLTextAreaElement>("question");
 const askButton = $<HTMLButtonElement>("ask");
 
-const MASK_COLOUR = "#ff3b30";
+const MASK_COLOUR = "#ffd60a";
 
 interface State {
   image?: Blob;

@@ -1,0 +1,171 @@
+/**
+ * The chat UI in a real browser (Debian's chromium driven by playwright-core) against the real server
+ * and pipeline on small real models: upload an image, paint a region, ask, see the answer stream in,
+ * ask a follow-up. Chromium is required: without it this test FAILS (CI installs it), it never skips.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium, type BrowserContext } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
+import { makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import { repoRoot } from "./support/tiny-models.js";
+
+const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const artifacts = path.join(repoRoot, "test", "artifacts");
+const uiRoot = path.join(repoRoot, "dist", "ui");
+
+let pipeline: LocalRegionVqaPipeline;
+let server: RunningServer;
+let browser: BrowserContext;
+let userDataDir: string;
+
+beforeAll(async () => {
+  if (!existsSync(chromiumPath)) {
+    throw new Error(
+      `The browser test needs chromium at ${chromiumPath} (apt-get install chromium, or set CHROMIUM_PATH).`,
+    );
+  }
+  // Build the UI from its sources so that the test runs what the sources say.
+  execFileSync(
+    process.execPath,
+    [path.join(repoRoot, "node_modules/vite/bin/vite.js"), "build", "--config", "src/api/ui/vite.config.ts"],
+    {
+      cwd: repoRoot,
+      stdio: "pipe",
+    },
+  );
+  pipeline = await realPipeline();
+  server = await startServer(pipeline, { limits: { maxTokens: 10 } }, { uiRoot });
+  userDataDir = mkdtempSync(path.join(os.tmpdir(), "region-vqa-chromium-"));
+  // A fresh profile per run; playwright passes it as --user-data-dir.
+  browser = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--no-first-run",
+    ],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  await pipeline?.dispose();
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+});
+
+describe("chat UI in chromium", () => {
+  it("uploads an image, paints a region, asks, streams the answer, follows up", async () => {
+    mkdirSync(artifacts, { recursive: true });
+    const imagePath = path.join(artifacts, "ui-input.png");
+    writeFileSync(imagePath, await makeImage(160, 120));
+
+    const page = await browser.newPage();
+    await page.setViewportSize({ width: 1100, height: 760 });
+    // Record the form fields the UI sends (playwright cannot show multipart bodies with files).
+    await page.addInitScript(`(() => {
+      const original = window.fetch;
+      window.__askForms = [];
+      window.fetch = (url, init) => {
+        if (init && init.body instanceof FormData) window.__askForms.push([...init.body.keys()]);
+        return original(url, init);
+      };
+    })()`);
+    const pageErrors: string[] = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    const askRequests: Array<{ contentType: string; body: string }> = [];
+    page.on("request", (r) => {
+      if (r.url().endsWith("/v1/regions/ask")) {
+        askRequests.push({
+          contentType: r.headers()["content-type"] ?? "",
+          body: r.postDataBuffer()?.toString("latin1") ?? "",
+        });
+      }
+    });
+
+    await page.goto(server.url + "/");
+    await page.setInputFiles("#file", imagePath);
+    await page.waitForSelector("#stage:not([hidden])");
+    expect(await page.locator("#drop").isHidden()).toBe(true);
+
+    // Paint a stroke with the brush across the left part of the image.
+    const box = (await page.locator("#mask-canvas").boundingBox())!;
+    await page.mouse.move(box.x + box.width * 0.15, box.y + box.height * 0.3);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.35, box.y + box.height * 0.6, { steps: 8 });
+    await page.mouse.up();
+    await expect.poll(() => page.textContent("#region-note")).toBe("Region drawn.");
+    const painted = (await page.evaluate(`(() => {
+      const c = document.getElementById("mask-canvas");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+      return n;
+    })()`)) as number;
+    expect(painted).toBeGreaterThan(100);
+
+    await page.fill("#question", "What is in the highlighted region?");
+    await page.click("#ask");
+    const answer = page.locator("#messages li.assistant[data-done=true]").first();
+    await answer.waitFor({ timeout: 60_000 });
+    expect(askRequests[0].contentType).toMatch(/^multipart\/form-data/);
+    const forms = (await page.evaluate("window.__askForms")) as string[][];
+    expect(forms[0]).toEqual(expect.arrayContaining(["image", "mask", "question", "stream"]));
+    const text = (await answer.textContent()) ?? "";
+    expect(text.length).toBeGreaterThan(0);
+    await expect.poll(() => page.locator("#messages li.error").count()).toBe(0);
+
+    // A follow-up continues the conversation (JSON with the conversation id, no image).
+    await page.fill("#question", "And what colour is it?");
+    await page.click("#ask");
+    await page.locator("#messages li.assistant[data-done=true]").nth(1).waitFor({ timeout: 60_000 });
+    expect(askRequests[1].contentType).toMatch(/^application\/json/);
+    expect(JSON.parse(askRequests[1].body)).toMatchObject({
+      conversation_id: expect.any(String),
+      stream: true,
+    });
+    await page.screenshot({ path: path.join(artifacts, "ui-desktop.png"), fullPage: true });
+
+    // Phone-sized layout: the panes stack; errors are shown in plain words.
+    await page.setViewportSize({ width: 390, height: 844 });
+    const panes = (await page.evaluate(`(() => {
+      const a = document.getElementById("image-pane").getBoundingClientRect();
+      const b = document.getElementById("chat-pane").getBoundingClientRect();
+      return { imageBottom: a.bottom, chatTop: b.top };
+    })()`)) as { imageBottom: number; chatTop: number };
+    expect(panes.chatTop).toBeGreaterThanOrEqual(panes.imageBottom - 1);
+    await page.screenshot({ path: path.join(artifacts, "ui-phone.png"), fullPage: true });
+    expect(pageErrors).toEqual([]);
+    await page.close();
+  });
+
+  it("shows errors in plain words: an unreadable file, a question the server refuses", async () => {
+    const page = await browser.newPage();
+    await page.goto(server.url + "/");
+    await page.setInputFiles("#file", {
+      name: "photo.png",
+      mimeType: "image/png",
+      buffer: Buffer.from("not a picture"),
+    });
+    const localError = page.locator("#messages li.error").first();
+    await localError.waitFor({ timeout: 10_000 });
+    expect(await localError.textContent()).toMatch(/could not open that image/i);
+
+    await page.setInputFiles("#file", path.join(artifacts, "ui-input.png"));
+    await page.waitForSelector("#stage:not([hidden])");
+    await page.fill("#question", "why ".repeat(600));
+    await page.click("#ask");
+    const serverError = page.locator("#messages li.error").first();
+    await serverError.waitFor({ timeout: 10_000 });
+    expect(await serverError.textContent()).toMatch(/question has \d+ characters; the limit is 2000/);
+    await page.close();
+  });
+});
