@@ -194,7 +194,8 @@ async function downloadToPartial(options: DownloadOptions, label: string): Promi
     hash = outcome.hash;
     sidecar = outcome.sidecar;
     totalBytes = outcome.totalBytes;
-    if (!expectedSha256 && outcome.hostSha256) {
+    if (outcome.hostSha256 && sha256Checked !== "catalog") {
+      // The latest statement wins: after a restart for a changed file it names the new content.
       expectedSha256 = outcome.hostSha256;
       sha256Checked = "host";
     }
@@ -281,12 +282,17 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
   const result = (extra: Partial<TransferOutcome> & Pick<TransferOutcome, "kind">): TransferOutcome =>
     ({ received, hash, sidecar, totalBytes, ...extra }) as TransferOutcome;
 
+  // When the file's sha256 is known (catalogue, or stated by the host), that hash is its identity: the
+  // final check catches any mix, and a host-stated hash that changed is seen on the redirect. Only
+  // without one do the CDN's ETag / Last-Modified guard the resumption (If-Range), because signed CDN
+  // URLs may give the same bytes another ETag and would make every resumption start over.
+  const knownSha256 = s.expectedSha256 ?? sidecar?.expectedSha256;
   const headers: Record<string, string> = { "accept-encoding": "identity" };
   if (received > 0) {
     headers.range = `bytes=${received}-`;
     // A weak ETag may not be used with If-Range; Last-Modified is the fallback validator.
     const validator = sidecar?.etag && !sidecar.etag.startsWith("W/") ? sidecar.etag : sidecar?.lastModified;
-    if (validator) headers["if-range"] = validator;
+    if (validator && !knownSha256) headers["if-range"] = validator;
   }
 
   const controller = new AbortController();
@@ -304,7 +310,14 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
     let hostSha256: string | undefined;
     let hostSize: number | undefined;
     try {
-      ({ response, hostSha256, hostSize } = await getFollowingRedirects(url, headers, options, controller.signal));
+      const resumingSha256 = received > 0 ? sidecar?.expectedSha256 : undefined;
+      ({ response, hostSha256, hostSize } = await getFollowingRedirects(
+        url,
+        headers,
+        options,
+        controller.signal,
+        resumingSha256,
+      ));
     } catch (err) {
       if (options.signal?.aborted) throw abortedError(label, received);
       const classified = classifyNetworkError(err, url, label, received, totalBytes, timedOut);
@@ -312,6 +325,21 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
       throw classified.error;
     }
     const status = response.status;
+    if (received > 0 && hostSha256 && sidecar?.expectedSha256 && hostSha256 !== sidecar.expectedSha256) {
+      // The host now states another hash: the file changed since the partial download began.
+      await response.body?.cancel().catch(() => undefined);
+      await discardPartialFiles(s.partialPath, s.sidecarPath);
+      received = 0;
+      hash = createHash("sha256");
+      sidecar = undefined;
+      return result({
+        kind: "restart",
+        error: new RegionVqaError("download_failed", `${label} changed on the server while it was downloaded`, {
+          url,
+          reason: "changed",
+        }),
+      });
+    }
     if (status === 416 && received > 0 && totalBytes !== undefined && received === totalBytes) {
       await response.body?.cancel();
       return result({ kind: "complete", hostSha256 });
@@ -336,7 +364,7 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
     let total: number | undefined;
     if (status === 206) {
       const range = parseContentRange(response.headers.get("content-range"));
-      const changed = sidecar?.etag !== undefined && etag !== undefined && etag !== sidecar.etag;
+      const changed = !knownSha256 && sidecar?.etag !== undefined && etag !== undefined && etag !== sidecar.etag;
       if (!range || range.start !== received || changed || (totalBytes !== undefined && range.total !== totalBytes)) {
         // Not the continuation we asked for: throw the partial file away and start over.
         await response.body?.cancel().catch(() => undefined);
@@ -457,11 +485,17 @@ async function transferOnce(s: TransferState): Promise<TransferOutcome> {
   }
 }
 
+/**
+ * GET with redirects followed by hand: credentials stay on the first origin, and the size/sha256 a
+ * host states on a redirect are kept. When `stopUnlessSha256` is given and a hop states another
+ * sha256, that hop's response is returned without following it (the file changed; no CDN request).
+ */
 async function getFollowingRedirects(
   url: string,
   headers: Record<string, string>,
   options: DownloadOptions,
   signal: AbortSignal,
+  stopUnlessSha256?: string,
 ): Promise<{ response: Response; hostSha256?: string; hostSize?: number }> {
   const origin = new URL(url).origin;
   let current = url;
@@ -480,6 +514,10 @@ async function getFollowingRedirects(
     const linkedSize = Number(response.headers.get("x-linked-size") ?? NaN);
     if (Number.isFinite(linkedSize)) hostSize = linkedSize;
     const location = response.headers.get("location");
+    if (stopUnlessSha256 && hostSha256 && hostSha256 !== stopUnlessSha256) {
+      await response.body?.cancel().catch(() => undefined);
+      return { response, hostSha256, hostSize };
+    }
     if (response.status >= 300 && response.status < 400 && location) {
       await response.body?.cancel().catch(() => undefined);
       current = new URL(location, current).toString();
