@@ -160,6 +160,13 @@ describe("shapes questions and answer checking", () => {
     expect(checkAnswer("is_shape", "Yes, it is a star.", { ...truth, asked: "circle" })).toBe(false);
     expect(checkAnswer("is_colour", "No, it is red.", { ...truth, asked: "green" })).toBe(true);
     expect(checkAnswer("is_colour", "It is red.", { ...truth, asked: "red" })).toBe(false);
+    expect(checkAnswer("is_colour", "It is red, so the answer is yes.", { ...truth, asked: "red" })).toBe(
+      true,
+    );
+    expect(checkAnswer("is_colour", "It is red, so the answer is yes.", { ...truth, asked: "blue" })).toBe(
+      false,
+    );
+    expect(checkAnswer("is_shape", "I cannot say yes or no.", { ...truth, asked: "star" })).toBe(false);
     expect(checkAnswer("count", "There are 3 objects.", truth)).toBe(true);
     expect(checkAnswer("count", "There are three objects.", truth)).toBe(true);
     expect(checkAnswer("count", "There are 4 objects.", truth)).toBe(false);

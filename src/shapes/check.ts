@@ -2,7 +2,7 @@
  * Judges a free-text answer against the truth of a shapes scene. Rules (the same as
  * tools/shapes/world.py `check_answer`): words are lower-cased runs of letters and digits;
  * colour/shape questions need exactly the right colour/shape words and no other; "what"/"describe"
- * need both; yes/no questions are judged by the first word; counting needs exactly one number (digits
+ * need both; yes/no questions are judged by a leading yes/no, else by the answer's only yes/no word; counting needs exactly one number (digits
  * or a word) equal to the truth; position needs the same top/bottom and left/right words, or
  * centre/center/middle for the centre.
  */
@@ -35,9 +35,12 @@ export function checkAnswer(type: QuestionType, answer: string, truth: AnswerTru
       return sameSet(colours, truth.colour) && sameSet(shapes, truth.shape);
     case "is_shape":
     case "is_colour": {
-      if (words[0] !== "yes" && words[0] !== "no") return false;
+      const verdicts = words.filter((w) => w === "yes" || w === "no");
+      const verdict =
+        words[0] === "yes" || words[0] === "no" ? words[0] : verdicts.length === 1 ? verdicts[0] : undefined;
+      if (!verdict) return false;
       const actual = type === "is_shape" ? truth.shape : truth.colour;
-      return (words[0] === "yes") === (truth.asked === actual);
+      return (verdict === "yes") === (truth.asked === actual);
     }
     case "count": {
       const numbers = words.filter((w) => /^\d+$/.test(w)).map(Number);

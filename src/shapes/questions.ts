@@ -96,10 +96,12 @@ export function referenceAnswer(type: QuestionType, truth: AnswerTruth): string 
     case "what":
     case "describe":
       return `It is a ${truth.colour} ${truth.shape}.`;
+    // The fact first, then the verdict: trained "Yes, it is a star." first, a model this small stayed
+    // at "always yes"; after saying what it sees, the verdict is a comparison of two words in context.
     case "is_shape":
-      return truth.asked === truth.shape ? `Yes, it is a ${truth.shape}.` : `No, it is a ${truth.shape}.`;
+      return `It is a ${truth.shape}, so the answer is ${truth.asked === truth.shape ? "yes" : "no"}.`;
     case "is_colour":
-      return truth.asked === truth.colour ? `Yes, it is ${truth.colour}.` : `No, it is ${truth.colour}.`;
+      return `It is ${truth.colour}, so the answer is ${truth.asked === truth.colour ? "yes" : "no"}.`;
     case "where":
       return positionPhrase(truth.position);
   }

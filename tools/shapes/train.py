@@ -415,8 +415,9 @@ def lm_loss(vision, projector, lm, toks, batch, prefix_ids, device):
     for question, answer in batch["qa"]:
         q = toks["questions"][question]
         a = toks["answers"][answer] + [toks["eos"]]
-        yes_no = answer.startswith("Yes") or answer.startswith("No")
-        weights += [YES_NO_WEIGHT if (yes_no and j == 0) else 1.0 for j in range(len(a))]
+        # The verdict token of a yes/no answer (the one before the final "." and </s>).
+        yes_no = answer.endswith(" yes.") or answer.endswith(" no.")
+        weights += [YES_NO_WEIGHT if (yes_no and j == len(a) - 3) else 1.0 for j in range(len(a))]
         seqs.append(q + a[:-1])
         targets_at.append([g + len(q) - 1 + j for j in range(len(a))])
         targets.append(a)
@@ -501,7 +502,7 @@ def train(args):
 # Fine-tuning on yes/no questions (CPU): the device run left "Is it a <x>?" at "always yes".
 FINETUNE_WEIGHTS = {
     "colour": 0.25, "shape": 0.25, "what": 0.25, "describe": 0.1,
-    "is_shape": 3.0, "is_colour": 3.0, "where": 0.3, "count": 0.5,
+    "is_shape": 1.5, "is_colour": 1.5, "where": 0.3, "count": 0.4,
 }  # fmt: skip
 
 
@@ -531,7 +532,7 @@ def finetune(args):
         opt.step()
         if step % 20 == 0 or step == args.steps - 1:
             print(f"[{time.time() - t0:7.1f}s] finetune {step} loss {loss.item():.4f}", flush=True)
-        if (step + 1) % 100 == 0 or step == args.steps - 1:
+        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
             save(c, vision, projector, lm, args.out)
     print(f"done in {time.time() - t0:.0f}s", flush=True)
 
@@ -715,8 +716,9 @@ def evaluate(args):
     pieces = load_pieces()
     rng = np.random.RandomState(args.seed)
     items = []
+    types = args.types.split(",") if args.types else world.QUESTION_TYPES
     for i in range(args.scenes):
-        for qtype in world.QUESTION_TYPES:
+        for qtype in types:
             items.append(make_item(rng, args.seed, i, c["image_size"], qtype))
         if args.whole_colour:
             it = make_item(rng, args.seed, i, c["image_size"], "colour")
@@ -785,6 +787,7 @@ def main():
     ft.add_argument("--batch", type=int, default=32)
     ft.add_argument("--lr", type=float, default=5e-4)
     ft.add_argument("--threads", type=int, default=1)
+    ft.add_argument("--save-every", type=int, default=25)
     ev = sub.add_parser("eval")
     ev.add_argument("--seed", type=int, default=1000)
     ev.add_argument("--scenes", type=int, default=300)
@@ -793,6 +796,7 @@ def main():
     ev.add_argument("--out", default=OUT)
     ev.add_argument("--show-errors", type=int, default=10)
     ev.add_argument("--whole-colour", action="store_true")
+    ev.add_argument("--types", default="", help="comma-separated question types (default: all)")
     args = ap.parse_args()
     {"texts": dump_texts, "train": train, "finetune": finetune, "eval": evaluate}[args.cmd](args)
 

@@ -313,10 +313,13 @@ def make_answer(qtype: str, obj: SceneObject | None, scene: Scene, asked: str | 
         return f"It is a {obj.shape}."
     if qtype in ("what", "describe"):
         return f"It is a {obj.colour} {obj.shape}."
+    # Yes/no answers state the fact first and then the verdict: a model this small cannot decide
+    # "yes"/"no" before it has said what it sees (trained "Yes, it is a star." first, it stayed at
+    # "always yes"); after it, the verdict is a comparison of two words in the context.
     if qtype == "is_shape":
-        return f"Yes, it is a {obj.shape}." if asked == obj.shape else f"No, it is a {obj.shape}."
+        return f"It is a {obj.shape}, so the answer is {'yes' if asked == obj.shape else 'no'}."
     if qtype == "is_colour":
-        return f"Yes, it is {obj.colour}." if asked == obj.colour else f"No, it is {obj.colour}."
+        return f"It is {obj.colour}, so the answer is {'yes' if asked == obj.colour else 'no'}."
     if qtype == "where":
         return position_phrase(position_name(obj, scene.width, scene.height))
     raise ValueError(qtype)
@@ -336,14 +339,14 @@ def all_texts() -> tuple[list[str], list[str]]:
     answers = set()
     for c in COLOUR_NAMES:
         answers.add(f"It is {c}.")
-        answers.add(f"Yes, it is {c}.")
-        answers.add(f"No, it is {c}.")
+        answers.add(f"It is {c}, so the answer is yes.")
+        answers.add(f"It is {c}, so the answer is no.")
         for s in SHAPES:
             answers.add(f"It is a {c} {s}.")
     for s in SHAPES:
         answers.add(f"It is a {s}.")
-        answers.add(f"Yes, it is a {s}.")
-        answers.add(f"No, it is a {s}.")
+        answers.add(f"It is a {s}, so the answer is yes.")
+        answers.add(f"It is a {s}, so the answer is no.")
     for p in POSITIONS:
         answers.add(position_phrase(p))
     for n in range(0, 6):
@@ -383,10 +386,13 @@ def check_answer(qtype: str, answer: str, truth: dict) -> bool:
     if qtype in ("what", "describe"):
         return colours == {truth["colour"]} and shapes == {truth["shape"]}
     if qtype in ("is_shape", "is_colour"):
-        if not words or words[0] not in ("yes", "no"):
+        # The verdict: a leading yes/no, else the only yes/no word in the answer.
+        verdicts = [w for w in words if w in ("yes", "no")]
+        verdict = words[0] if words and words[0] in ("yes", "no") else (verdicts[0] if len(verdicts) == 1 else None)
+        if verdict is None:
             return False
         key = "shape" if qtype == "is_shape" else "colour"
-        return (words[0] == "yes") == (truth["asked"] == truth[key])
+        return (verdict == "yes") == (truth["asked"] == truth[key])
     if qtype == "count":
         numbers = [int(w) for w in words if w.isdigit()]
         numbers += [n for n, w in NUMBER_WORDS.items() if w in words]
