@@ -269,6 +269,7 @@ describe("POST /v1/regions/ask", () => {
       /region_vqa_http_requests_total\{route="\/v1\/regions\/ask",method="POST",status="200"\} [1-9]/,
     );
     expect(text).toMatch(/region_vqa_tokens_total\{kind="completion"\} [1-9]/);
+    expect(text).toMatch(/region_vqa_queue_depth\{queue="pipeline_requests"\} 0/);
     expect(text).toMatch(/region_vqa_pipeline_stage_duration_seconds_count\{stage="encode"\} [1-9]/);
     expect(text).toMatch(/region_vqa_cache_lookups_total\{cache="vision_embeddings",result="hit"\} [1-9]/);
   });

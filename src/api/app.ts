@@ -58,11 +58,17 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   for (const schema of sharedSchemas) app.addSchema(schema);
 
   // Request counts and latencies per route, measured until the socket response ends (streams too).
+  const pipelineRoutes = new Set(["/v1/regions/caption", "/v1/regions/ask", "/v1/chat/completions"]);
+  let pipelineRequests = 0;
   app.addHook("onRequest", async (request, reply) => {
     const started = process.hrtime.bigint();
     metrics.inFlight.inc();
+    // Requests waiting for or using the pipeline: the server's queue depth.
+    const usesPipeline = pipelineRoutes.has(request.routeOptions.url ?? "");
+    if (usesPipeline) metrics.setQueueDepth("pipeline_requests", ++pipelineRequests);
     reply.raw.once("close", () => {
       metrics.inFlight.dec();
+      if (usesPipeline) metrics.setQueueDepth("pipeline_requests", --pipelineRequests);
       const route = request.routeOptions.url ?? "unmatched";
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.httpRequests.inc({ route, method: request.method, status: String(reply.raw.statusCode) });
