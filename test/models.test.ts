@@ -12,7 +12,7 @@ import {
   type InstalledEntry,
 } from "../src/models/index.js";
 import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
-import { failure, HF_DIR, LLM_Q4, MMPROJ, tempModelsDir } from "./pull-helpers.js";
+import { failure, HF_DIR, LLM_Q4, MMPROJ, removeTempModelsDirs, tempModelsDir } from "./pull-helpers.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 
@@ -281,3 +281,5 @@ describe("region-vqa pull / models commands", () => {
     expect(notServed.stderr).toContain("[download_failed]");
   });
 });
+
+afterAll(removeTempModelsDirs);

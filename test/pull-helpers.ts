@@ -1,5 +1,5 @@
 /** Catalogue overrides for pull tests: the real catalogue, with sizes and hashes of small fake files. */
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "vitest";
@@ -36,8 +36,17 @@ export function catalogWith(
   return catalog;
 }
 
+const tempDirs: string[] = [];
+
+/** A fresh models folder under the system temp folder, removed by `removeTempModelsDirs`. */
 export async function tempModelsDir(): Promise<string> {
-  return mkdtemp(path.join(os.tmpdir(), "rvq-pull-"));
+  const dir = await mkdtemp(path.join(os.tmpdir(), "rvq-pull-"));
+  tempDirs.push(dir);
+  return dir;
+}
+
+export async function removeTempModelsDirs(): Promise<void> {
+  for (const dir of tempDirs.splice(0)) await rm(dir, { recursive: true, force: true });
 }
 
 /** The RegionVqaError a promise rejects with (fails the test if it resolves or throws something else). */

@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { readFile, stat, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { RegionVqaError } from "../src/common/errors.js";
 import {
   corruptPathFor,
@@ -12,7 +12,15 @@ import {
   type DownloadProgress,
 } from "../src/models/index.js";
 import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
-import { catalogWith, failure, HF_DIR, LLM_Q4, MMPROJ, tempModelsDir } from "./pull-helpers.js";
+import {
+  catalogWith,
+  failure,
+  HF_DIR,
+  LLM_Q4,
+  MMPROJ,
+  removeTempModelsDirs,
+  tempModelsDir,
+} from "./pull-helpers.js";
 
 const FILE_PATH = `${HF_DIR}/${LLM_Q4}`;
 
@@ -381,3 +389,5 @@ describe("resumable downloads against a loopback host", () => {
     expect(existsSync(`${dest()}.lock`)).toBe(false);
   });
 });
+
+afterAll(removeTempModelsDirs);

@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { ModelManifest } from "../src/common/manifest.js";
 import { maxAbsDiff } from "../src/common/tensor.js";
 import {
@@ -22,6 +22,7 @@ import {
   LLM_Q8,
   MMPROJ,
   OPENXLAB_DIR,
+  removeTempModelsDirs,
   tempModelsDir,
 } from "./pull-helpers.js";
 
@@ -285,3 +286,5 @@ describe("host configuration from the environment", () => {
     ).toBe("http://own");
   });
 });
+
+afterAll(removeTempModelsDirs);
