@@ -81,7 +81,8 @@ export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
     const rvErr = toRegionVqaError(err);
     const status = httpStatusFor(rvErr.code);
-    if (status >= 500) request.log.error({ err }, "request failed");
+    // 503 (loading, overloaded) is expected operation, not a fault worth a stack trace.
+    if (status >= 500 && status !== 503) request.log.error({ err }, "request failed");
     else request.log.info({ code: rvErr.code }, rvErr.message);
     if (reply.sent || reply.raw.headersSent) return;
     void reply.code(status).type("application/json").send(errorBody(rvErr));

@@ -1,0 +1,50 @@
+/** The server config: defaults, then file, then environment, then flags; bad values are refused. */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { defaultConfig, loadConfig } from "../src/config.js";
+
+describe("loadConfig", () => {
+  it("layers defaults < file < environment < flags", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "rvqa-config-"));
+    const file = path.join(dir, "server.json");
+    writeFileSync(
+      file,
+      JSON.stringify({
+        port: 9001,
+        host: "0.0.0.0",
+        limits: { maxRegions: 5, maxTokens: 100 },
+        model: { llm: "m.gguf", vision: "v" },
+      }),
+    );
+    const env = {
+      REGION_VQA_PORT: "9002",
+      REGION_VQA_MAX_TOKENS: "50",
+      REGION_VQA_CORS_ORIGINS: "http://a, http://b",
+    };
+    const config = loadConfig({ file, env, flags: { port: 9003 } });
+    expect(config.port).toBe(9003);
+    expect(config.host).toBe("0.0.0.0");
+    expect(config.limits.maxRegions).toBe(5);
+    expect(config.limits.maxTokens).toBe(50);
+    expect(config.limits.maxQuestionChars).toBe(defaultConfig.limits.maxQuestionChars);
+    expect(config.corsOrigins).toEqual(["http://a", "http://b"]);
+    // Model paths in a file are relative to the file.
+    expect(config.model.llm).toBe(path.join(dir, "m.gguf"));
+    expect(config.apiKey).toBeUndefined();
+  });
+
+  it("refuses bad values with clear messages", () => {
+    expect(() => loadConfig({ env: { REGION_VQA_PORT: "eighty" } })).toThrow(
+      /REGION_VQA_PORT must be a whole number/,
+    );
+    expect(() => loadConfig({ env: {}, flags: { port: 70000 } })).toThrow(/port must be 0..65535/);
+    expect(() => loadConfig({ env: { REGION_VQA_REMOTE_IMAGE_ALLOW: "ftp://x" } })).toThrow(
+      /http\(s\) URL prefixes/,
+    );
+    expect(() => loadConfig({ env: { REGION_VQA_LLM: "a.gguf" } })).toThrow(
+      /both model.vision and model.llm/,
+    );
+  });
+});
