@@ -50,7 +50,7 @@ const { values } = parseArgs({
     device: { type: "string", default: "auto" },
     gpu: { type: "string", default: "false" },
     "max-conversations": { type: "string", default: "4" },
-    "context-size": { type: "string", default: "2048" },
+    "context-size": { type: "string", default: "1024" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
     render: { type: "string" },
