@@ -26,6 +26,7 @@ describe("pipeline (tiny real models)", () => {
       visionThreads: 1,
       llmThreads: 1,
       maxConversations: 2,
+      slotWaitMs: 200,
       onStage: (s) => stages.push(s),
     });
   });
@@ -109,6 +110,35 @@ describe("pipeline (tiny real models)", () => {
       .result;
     await alone.close();
     expect(a.text).toBe(captions[0].text);
+  });
+
+  it("frees a slot by closing the least recently used idle conversation", async () => {
+    const a = await pipeline.openConversation(image, { kind: "whole" });
+    const b = await pipeline.openConversation(image, { kind: "whole" });
+    await b.ask("Hello?", { maxTokens: 2, temperature: 0 }).result; // b is now more recent than a
+    const c = await pipeline.openConversation(image, { kind: "whole" }); // 2 slots: a must go
+    expect(pipeline.getConversation(a.id)).toBeUndefined();
+    expect(pipeline.getConversation(b.id)).toBe(b);
+    expect(pipeline.getConversation(c.id)).toBe(c);
+    await b.close();
+    await c.close();
+  });
+
+  it("fails fast with overloaded when every slot is answering", async () => {
+    const a = await pipeline.openConversation(image, { kind: "whole" });
+    const b = await pipeline.openConversation(image, { kind: "whole" });
+    const ra = a.ask("Tell me a long story.", { maxTokens: 400, temperature: 0, stop: [] }).result;
+    const rb = b.ask("Tell me a long story.", { maxTokens: 400, temperature: 0, stop: [] }).result;
+    let code = "no error";
+    try {
+      await pipeline.openConversation(image, { kind: "whole" });
+    } catch (err) {
+      code = isRegionVqaError(err) ? err.code : String(err);
+    }
+    await Promise.all([ra, rb]);
+    expect(code).toBe("overloaded");
+    await a.close();
+    await b.close();
   });
 
   it("refuses bad input with typed errors", async () => {

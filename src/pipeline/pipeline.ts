@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import os from "node:os";
-import { RegionVqaError } from "../common/errors.js";
+import { isRegionVqaError, RegionVqaError } from "../common/errors.js";
 import type { Tensor } from "../common/tensor.js";
 import { LlavaModel, type LlmGpu } from "../llm/index.js";
 import { checkProjectorWidths, LlavaProjector } from "../projector/index.js";
@@ -55,8 +55,13 @@ export interface PipelineOptions {
   llmThreads?: number;
   contextSize?: number;
   batchSize?: number;
-  /** Conversations holding a KV cache at once. Default 4. */
+  /**
+   * Conversations holding a KV cache at once. Default 4. When all are taken, a new one evicts the
+   * least recently used conversation that is not answering; if all are answering it waits up to
+   * `slotWaitMs` (default 10 s) and then fails with `overloaded`.
+   */
   maxConversations?: number;
+  slotWaitMs?: number;
   /** Bytes of projected image embeddings kept for reuse. Default 256 MiB. */
   visionCacheBytes?: number;
   /** Idle conversations are closed after this long. Default 10 minutes. */
@@ -82,6 +87,13 @@ export const DEFAULT_CAPTION_PROMPTS = {
 };
 
 const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefined };
+
+interface ConversationEntry {
+  conversation: Conversation;
+  lastUsed: number;
+  /** Answers being generated right now (a busy conversation is never evicted). */
+  busy: number;
+}
 
 /** Projected image embeddings of one region, ready for the LLM: [tokens, n_embd]. */
 interface RegionEmbeddings {
@@ -113,7 +125,7 @@ function splitBatch(t: Tensor): RegionEmbeddings[] {
 export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   readonly models: ModelsInfo;
   private readonly cache: ByteLruCache<RegionEmbeddings>;
-  private readonly conversations = new Map<string, { conversation: Conversation; lastUsed: number }>();
+  private readonly conversations = new Map<string, ConversationEntry>();
   private readonly sweepTimer: NodeJS.Timeout;
   private disposed = false;
 
@@ -283,34 +295,69 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     options: OpenConversationOptions = {},
   ): Promise<Conversation> {
     const [embeddings] = await this.embedRegions(image, [region]);
+    if (options.signal?.aborted) throw new RegionVqaError("aborted", "the request was cancelled");
     return this.startConversation(embeddings, options);
   }
 
   private async startConversation(
     embeddings: RegionEmbeddings,
-    options: OpenConversationOptions & { register?: boolean } = {},
+    options: OpenConversationOptions & { register?: boolean; waitForSlot?: boolean } = {},
   ): Promise<Conversation> {
     for (const turn of options.history ?? []) this.checkQuestion(turn.question);
     const id = `conv_${randomUUID().replace(/-/g, "")}`;
+    if (this.llm.activeConversations >= this.llm.maxConversations) await this.evictIdleConversation();
+    // Wait for a slot at most slotWaitMs (callers that must not fail, like captions, wait as long as
+    // their own signal allows); then give up with `overloaded` so the server can answer 503.
+    const slotWaitMs = options.waitForSlot ? undefined : (this.options.slotWaitMs ?? 10_000);
+    const signals = [options.signal, slotWaitMs !== undefined ? AbortSignal.timeout(slotWaitMs) : undefined];
+    const present = signals.filter((x): x is AbortSignal => x !== undefined);
+    const signal = present.length > 1 ? AbortSignal.any(present) : present[0];
     const t0 = performance.now();
-    const inner = await this.llm.openConversation({
-      id,
-      embeddings: embeddings.data,
-      embeddingCount: embeddings.count,
-      history: options.history,
-      systemPrompt: options.systemPrompt ?? this.options.systemPrompt,
-    });
+    let inner: Conversation;
+    try {
+      inner = await this.llm.openConversation({
+        id,
+        embeddings: embeddings.data,
+        embeddingCount: embeddings.count,
+        history: options.history,
+        systemPrompt: options.systemPrompt ?? this.options.systemPrompt,
+        signal,
+      });
+    } catch (err) {
+      if (isRegionVqaError(err) && err.code === "aborted" && !options.signal?.aborted) {
+        throw new RegionVqaError(
+          "overloaded",
+          `all ${this.llm.maxConversations} conversation slots are busy; try again shortly`,
+          { retryAfterSeconds: Math.max(1, Math.ceil((slotWaitMs ?? 1000) / 1000)) },
+        );
+      }
+      throw err;
+    }
     this.options.onStage?.("prefill", performance.now() - t0);
     const conversation = this.wrap(inner);
-    if (options.register !== false) this.conversations.set(id, { conversation, lastUsed: Date.now() });
+    if (options.register !== false)
+      this.conversations.set(id, { conversation, lastUsed: Date.now(), busy: 0 });
     return conversation;
   }
 
-  /** Validates questions and keeps the registry's idle clock fresh. */
+  /** Closes the least recently used registered conversation that is not generating, if any. */
+  private async evictIdleConversation(): Promise<boolean> {
+    let victim: [string, ConversationEntry] | undefined;
+    for (const entry of this.conversations) {
+      if (entry[1].busy === 0 && (!victim || entry[1].lastUsed < victim[1].lastUsed)) victim = entry;
+    }
+    if (!victim) return false;
+    this.logger.info(`evicting idle conversation ${victim[0]} to free a slot`);
+    await victim[1].conversation.close().catch(() => undefined);
+    return true;
+  }
+
+  /** Validates questions, keeps the registry's idle clock fresh and counts answers in progress. */
   private wrap(inner: Conversation): Conversation {
+    const entry = (): ConversationEntry | undefined => this.conversations.get(inner.id);
     const touch = (): void => {
-      const entry = this.conversations.get(inner.id);
-      if (entry) entry.lastUsed = Date.now();
+      const e = entry();
+      if (e) e.lastUsed = Date.now();
     };
     return {
       id: inner.id,
@@ -321,7 +368,13 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         this.checkQuestion(question);
         touch();
         const stream = inner.ask(question, options);
-        void stream.result.then(touch, touch);
+        const e = entry();
+        if (e) e.busy++;
+        const done = (): void => {
+          if (e) e.busy--;
+          touch();
+        };
+        void stream.result.then(done, done);
         return stream;
       },
       close: async (): Promise<void> => {
@@ -362,7 +415,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const { detail: _detail, ...generation } = options;
     return Promise.all(
       embeddings.map(async (emb) => {
-        const conversation = await this.startConversation(emb, { register: false });
+        const conversation = await this.startConversation(emb, {
+          register: false,
+          waitForSlot: true,
+          signal: generation.signal,
+        });
         try {
           const stream = conversation.ask(question, generation);
           return await stream.result;

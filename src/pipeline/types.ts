@@ -43,6 +43,8 @@ export interface OpenConversationOptions {
   /** Earlier turns (e.g. from an OpenAI-style message history) to replay after the image. */
   history?: Turn[];
   systemPrompt?: string;
+  /** Cancels waiting for a conversation slot and the prefill. */
+  signal?: AbortSignal;
 }
 
 export interface ModelsInfo {
