@@ -201,17 +201,20 @@ describe("AlphaClipEncoder loading and failures", () => {
     // until the exit is noticed, then rejects; so do later calls.
     const worker = (own as unknown as { worker: { terminate(): Promise<number> } }).worker;
     const dying = worker.terminate();
-    const pending = own.encode(pre);
+    // Handlers are attached before anything can reject, so no rejection goes unhandled.
+    const pending = expect(own.encode(pre)).rejects.toEqual(code("internal"));
     await dying;
-    await expect(pending).rejects.toEqual(code("internal"));
+    await pending;
     await expect(own.encode(pre)).rejects.toThrow(/exited unexpectedly/);
     await own.dispose();
 
     // dispose while runs are queued: the queued ones reject with aborted, dispose waits for the worker
     const second = await AlphaClipEncoder.load(modelDir, { device: "cpu", threads: 1 });
-    const queued = [second.encode(pre), second.encode(pre), second.encode(pre)];
+    const queued = [second.encode(pre), second.encode(pre), second.encode(pre)].map((q) =>
+      expect(q).rejects.toEqual(code("aborted")),
+    );
     await second.dispose();
-    for (const q of queued) await expect(q).rejects.toEqual(code("aborted"));
+    await Promise.all(queued);
     await expect(second.encode(pre)).rejects.toEqual(code("aborted"));
   });
 });
