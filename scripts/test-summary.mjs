@@ -22,7 +22,9 @@ try {
   failed = Math.max(failed, 1);
 }
 if (vitestExit !== 0 && failed === 0) {
-  console.log("test-summary: vitest exited non-zero without a failed test (unhandled errors?): counted as 1 failure");
+  console.log(
+    "test-summary: vitest exited non-zero without a failed test (unhandled errors?): counted as 1 failure",
+  );
   failed = 1;
 }
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
