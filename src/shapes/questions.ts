@@ -96,12 +96,10 @@ export function referenceAnswer(type: QuestionType, truth: AnswerTruth): string 
     case "what":
     case "describe":
       return `It is a ${truth.colour} ${truth.shape}.`;
-    // The fact first, then the verdict: trained "Yes, it is a star." first, a model this small stayed
-    // at "always yes"; after saying what it sees, the verdict is a comparison of two words in context.
     case "is_shape":
-      return `It is a ${truth.shape}, so the answer is ${truth.asked === truth.shape ? "yes" : "no"}.`;
+      return truth.asked === truth.shape ? `Yes, it is a ${truth.shape}.` : `No, it is a ${truth.shape}.`;
     case "is_colour":
-      return `It is ${truth.colour}, so the answer is ${truth.asked === truth.colour ? "yes" : "no"}.`;
+      return truth.asked === truth.colour ? `Yes, it is ${truth.colour}.` : `No, it is ${truth.colour}.`;
     case "where":
       return positionPhrase(truth.position);
   }

@@ -415,9 +415,15 @@ def lm_loss(vision, projector, lm, toks, batch, prefix_ids, device):
     for question, answer in batch["qa"]:
         q = toks["questions"][question]
         a = toks["answers"][answer] + [toks["eos"]]
-        # The verdict token of a yes/no answer (the one before the final "." and </s>).
-        yes_no = answer.endswith(" yes.") or answer.endswith(" no.")
-        weights += [YES_NO_WEIGHT if (yes_no and j == len(a) - 3) else 1.0 for j in range(len(a))]
+        # The verdict token: the first of "Yes, it is a star." (or the last word of a fact-first
+        # answer such as "It is a star, so the answer is yes.", tried in a CPU fine-tune: no better).
+        if answer.startswith(("Yes", "No")):
+            verdict_at = 0
+        elif answer.endswith((" yes.", " no.")):
+            verdict_at = len(a) - 3  # before "." and </s>
+        else:
+            verdict_at = -1
+        weights += [YES_NO_WEIGHT if j == verdict_at else 1.0 for j in range(len(a))]
         seqs.append(q + a[:-1])
         targets_at.append([g + len(q) - 1 + j for j in range(len(a))])
         targets.append(a)

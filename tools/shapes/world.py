@@ -313,13 +313,10 @@ def make_answer(qtype: str, obj: SceneObject | None, scene: Scene, asked: str | 
         return f"It is a {obj.shape}."
     if qtype in ("what", "describe"):
         return f"It is a {obj.colour} {obj.shape}."
-    # Yes/no answers state the fact first and then the verdict: a model this small cannot decide
-    # "yes"/"no" before it has said what it sees (trained "Yes, it is a star." first, it stayed at
-    # "always yes"); after it, the verdict is a comparison of two words in the context.
     if qtype == "is_shape":
-        return f"It is a {obj.shape}, so the answer is {'yes' if asked == obj.shape else 'no'}."
+        return f"Yes, it is a {obj.shape}." if asked == obj.shape else f"No, it is a {obj.shape}."
     if qtype == "is_colour":
-        return f"It is {obj.colour}, so the answer is {'yes' if asked == obj.colour else 'no'}."
+        return f"Yes, it is {obj.colour}." if asked == obj.colour else f"No, it is {obj.colour}."
     if qtype == "where":
         return position_phrase(position_name(obj, scene.width, scene.height))
     raise ValueError(qtype)
@@ -339,14 +336,14 @@ def all_texts() -> tuple[list[str], list[str]]:
     answers = set()
     for c in COLOUR_NAMES:
         answers.add(f"It is {c}.")
-        answers.add(f"It is {c}, so the answer is yes.")
-        answers.add(f"It is {c}, so the answer is no.")
+        answers.add(f"Yes, it is {c}.")
+        answers.add(f"No, it is {c}.")
         for s in SHAPES:
             answers.add(f"It is a {c} {s}.")
     for s in SHAPES:
         answers.add(f"It is a {s}.")
-        answers.add(f"It is a {s}, so the answer is yes.")
-        answers.add(f"It is a {s}, so the answer is no.")
+        answers.add(f"Yes, it is a {s}.")
+        answers.add(f"No, it is a {s}.")
     for p in POSITIONS:
         answers.add(position_phrase(p))
     for n in range(0, 6):
