@@ -25,6 +25,16 @@ export interface ServerLimits {
   maxConversations: number;
   /** An idle conversation is closed after this many milliseconds. */
   conversationTtlMs: number;
+  /** Longest image side in pixels (images are padded to a square before encoding). */
+  maxImageSide: number;
+  /** Pipeline requests (caption, ask, chat completions) served at once; capped by maxConversations. */
+  maxConcurrentRequests: number;
+  /** Pipeline requests that may wait for a turn; one more is refused with 503 and Retry-After. 0 = none wait. */
+  maxQueue: number;
+  /** Deadline of one pipeline request from its admission (queue wait included) to its last byte. */
+  requestTimeoutMs: number;
+  /** The whole request (headers and body) must arrive within this long, else the connection is closed. */
+  receiveTimeoutMs: number;
 }
 
 export interface RemoteImageConfig {
@@ -66,6 +76,8 @@ export interface ServerConfig {
   corsOrigins: string[];
   limits: ServerLimits;
   remoteImages: RemoteImageConfig;
+  /** On SIGTERM/SIGINT, in-flight requests get this long to finish before they are aborted. */
+  shutdownGraceMs: number;
   /** Fastify request logging. */
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 }
@@ -92,8 +104,14 @@ export const defaultConfig: ServerConfig = {
     maxPolygonPoints: 10_000,
     maxConversations: 4,
     conversationTtlMs: 10 * 60_000,
+    maxImageSide: 8192,
+    maxConcurrentRequests: 4,
+    maxQueue: 16,
+    requestTimeoutMs: 120_000,
+    receiveTimeoutMs: 30_000,
   },
   remoteImages: { allow: [], maxBytes: 10 * 1024 * 1024, timeoutMs: 10_000 },
+  shutdownGraceMs: 30_000,
   logLevel: "warn",
 };
 
@@ -133,6 +151,32 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
     field: "limits.conversationTtlMs",
     help: "idle conversations close after this long",
   },
+  { name: "REGION_VQA_MAX_IMAGE_SIDE", field: "limits.maxImageSide", help: "longest image side in pixels" },
+  {
+    name: "REGION_VQA_MAX_CONCURRENT",
+    field: "limits.maxConcurrentRequests",
+    help: "pipeline requests served at once (at most max conversations)",
+  },
+  {
+    name: "REGION_VQA_MAX_QUEUE",
+    field: "limits.maxQueue",
+    help: "pipeline requests that may wait; more get 503 + Retry-After",
+  },
+  {
+    name: "REGION_VQA_REQUEST_TIMEOUT_MS",
+    field: "limits.requestTimeoutMs",
+    help: "deadline of one pipeline request, queue wait included",
+  },
+  {
+    name: "REGION_VQA_RECEIVE_TIMEOUT_MS",
+    field: "limits.receiveTimeoutMs",
+    help: "time allowed to send a whole request (slow clients are cut off)",
+  },
+  {
+    name: "REGION_VQA_SHUTDOWN_GRACE_MS",
+    field: "shutdownGraceMs",
+    help: "on SIGTERM, in-flight requests may finish within this long",
+  },
   {
     name: "REGION_VQA_REMOTE_IMAGE_ALLOW",
     field: "remoteImages.allow",
@@ -161,6 +205,12 @@ const numericFields = new Set([
   "limits.maxPolygonPoints",
   "limits.maxConversations",
   "limits.conversationTtlMs",
+  "limits.maxImageSide",
+  "limits.maxConcurrentRequests",
+  "limits.maxQueue",
+  "limits.requestTimeoutMs",
+  "limits.receiveTimeoutMs",
+  "shutdownGraceMs",
   "remoteImages.maxBytes",
   "remoteImages.timeoutMs",
 ]);
@@ -266,7 +316,13 @@ function validate(config: ServerConfig): ServerConfig {
     problems.push("give both model.vision and model.llm (or neither, for a preset)");
   }
   for (const [key, value] of Object.entries(config.limits)) {
-    if (!Number.isInteger(value) || value < 1) problems.push(`limits.${key} must be a whole number >= 1`);
+    // A queue of 0 is meaningful: refuse at once when every slot is busy.
+    const least = key === "maxQueue" ? 0 : 1;
+    if (!Number.isInteger(value) || value < least)
+      problems.push(`limits.${key} must be a whole number >= ${least}`);
+  }
+  if (!Number.isInteger(config.shutdownGraceMs) || config.shutdownGraceMs < 0) {
+    problems.push("shutdownGraceMs must be a whole number >= 0");
   }
   for (const key of ["maxBytes", "timeoutMs"] as const) {
     const v = config.remoteImages[key];

@@ -267,10 +267,14 @@ describe("bad requests in general", () => {
       400,
       "invalid_request",
     );
+    // Any model name is accepted (clients hard-code names): the request is judged on its messages.
     await expectError(
-      await post("/v1/chat/completions", { model: "gpt-4o", messages: [{ role: "user", content: [part] }] }),
-      404,
-      "model_not_found",
+      await post("/v1/chat/completions", {
+        model: "gpt-4o",
+        messages: [{ role: "assistant", content: "x" }],
+      }),
+      400,
+      "image_missing",
     );
     await expectError(
       await post("/v1/chat/completions", {

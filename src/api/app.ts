@@ -2,6 +2,7 @@
  * The Fastify application: route groups as encapsulated plugins over one `RegionVqaPipeline`,
  * an OpenAPI document (/docs/json) with a docs page (/docs), metrics, and the chat UI at `/`.
  */
+import { isUtf8 } from "node:buffer";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import fastifyCors from "@fastify/cors";
@@ -9,6 +10,7 @@ import fastifyMultipart from "@fastify/multipart";
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyInstance } from "fastify";
+import { RegionVqaError } from "../common/errors.js";
 import { defaultConfig, type ServerConfig } from "../config.js";
 import type { RegionVqaPipeline } from "../pipeline/types.js";
 import { installErrorHandlers } from "./errors.js";
@@ -18,6 +20,7 @@ import openAiRoutes from "./routes/openai.js";
 import opsRoutes from "./routes/ops.js";
 import regionsRoutes, { conversationRoutes } from "./routes/regions.js";
 import uiRoutes from "./routes/ui.js";
+import { RequestScheduler } from "./scheduler.js";
 import { ajvBinaryFilePlugin, sharedSchemas } from "./schemas.js";
 
 export interface BuildServerOptions {
@@ -31,6 +34,9 @@ export interface BuildServerOptions {
   /** Dispose the pipeline when the server closes (default true: the server owns it). */
   disposePipelineOnClose?: boolean;
 }
+
+/** Each server's scheduler, for `closeGracefully`. */
+const schedulers = new WeakMap<FastifyInstance, RequestScheduler>();
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const defaultUiRoot = path.join(packageRoot, "dist", "ui");
@@ -51,24 +57,55 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
     // rewrites data (it unwraps one-element arrays). Multipart text fields are converted explicitly.
     ajv: { customOptions: { coerceTypes: false }, plugins: [ajvBinaryFilePlugin] },
     return503OnClosing: true,
+    // Slow clients (slow-loris): the whole request must arrive within receiveTimeoutMs (Node answers
+    // 408 and closes the connection). A socket silent for longer than any request may last is dropped;
+    // it must not be shorter, as a non-streamed answer keeps the socket silent while it is generated.
+    requestTimeout: limits.receiveTimeoutMs,
+    connectionTimeout: limits.requestTimeoutMs + limits.receiveTimeoutMs + 10_000,
   });
+  app.server.headersTimeout = limits.receiveTimeoutMs;
+  // Node checks the two timeouts above on an interval (30 s by default), read when listening starts.
+  (app.server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = Math.min(
+    1000,
+    Math.max(50, Math.floor(limits.receiveTimeoutMs / 4)),
+  );
+
   installErrorHandlers(app);
   // Fastify parses text/plain by default; no route takes it, so it should be a 415 like any other type.
   app.removeContentTypeParser("text/plain");
+  // JSON must be UTF-8 (RFC 8259): invalid bytes are refused instead of silently becoming U+FFFD.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (request, body, done) => {
+    const bytes = body as Buffer;
+    if (!isUtf8(bytes)) {
+      done(new RegionVqaError("invalid_request", "The JSON body is not valid UTF-8."), undefined);
+      return;
+    }
+    parseJson(request, bytes.toString("utf8"), done);
+  });
   for (const schema of sharedSchemas) app.addSchema(schema);
 
+  const scheduler = new RequestScheduler({
+    maxConcurrent: Math.min(limits.maxConcurrentRequests, limits.maxConversations),
+    maxQueue: limits.maxQueue,
+    timeoutMs: limits.requestTimeoutMs,
+    onDepth: (active, waiting) => {
+      metrics.setQueueDepth("pipeline_requests", active + waiting);
+      metrics.setQueueDepth("pipeline_waiting", waiting);
+    },
+    onRejected: (reason) => metrics.rejected.inc({ reason }),
+  });
+  schedulers.set(app, scheduler);
+  metrics.setQueueDepth("pipeline_requests", 0);
+  metrics.setQueueDepth("pipeline_waiting", 0);
+
   // Request counts and latencies per route, measured until the socket response ends (streams too).
-  const pipelineRoutes = new Set(["/v1/regions/caption", "/v1/regions/ask", "/v1/chat/completions"]);
-  let pipelineRequests = 0;
   app.addHook("onRequest", async (request, reply) => {
     const started = process.hrtime.bigint();
     metrics.inFlight.inc();
-    // Requests waiting for or using the pipeline: the server's queue depth.
-    const usesPipeline = pipelineRoutes.has(request.routeOptions.url ?? "");
-    if (usesPipeline) metrics.setQueueDepth("pipeline_requests", ++pipelineRequests);
     reply.raw.once("close", () => {
       metrics.inFlight.dec();
-      if (usesPipeline) metrics.setQueueDepth("pipeline_requests", --pipelineRequests);
       const route = request.routeOptions.url ?? "unmatched";
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.httpRequests.inc({ route, method: request.method, status: String(reply.raw.statusCode) });
@@ -119,9 +156,9 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 
   await app.register(opsRoutes, { pipeline, metrics });
-  await app.register(regionsRoutes, { pipeline, config, metrics });
-  await app.register(conversationRoutes, { pipeline, config, metrics });
-  await app.register(openAiRoutes, { pipeline, config, metrics });
+  await app.register(regionsRoutes, { pipeline, config, metrics, scheduler });
+  await app.register(conversationRoutes, { pipeline, config, metrics, scheduler });
+  await app.register(openAiRoutes, { pipeline, config, metrics, scheduler });
   await app.register(uiRoutes, { root: options.uiRoot ?? defaultUiRoot });
 
   if (options.disposePipelineOnClose ?? true) {
@@ -131,4 +168,32 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
     });
   }
   return app;
+}
+
+/**
+ * Stops a server built by `buildServer` gracefully: it stops accepting connections and new pipeline
+ * requests (503), lets requests in flight finish for up to `graceMs`, then aborts what is left (their
+ * generations stop at the next token) and closes every connection. Resolves when the server is closed
+ * (the pipeline disposed when the server owns it); `forced` says whether the grace period ran out.
+ */
+export async function closeGracefully(app: FastifyInstance, graceMs: number): Promise<{ forced: boolean }> {
+  const scheduler = schedulers.get(app);
+  scheduler?.drain();
+  let forced = false;
+  const closing = app.close();
+  // Keep-alive connections whose response ended after close() began would otherwise stay open.
+  const idleSweep = setInterval(() => app.server.closeIdleConnections(), 100);
+  const deadline = setTimeout(() => {
+    forced = true;
+    scheduler?.abortAll(new RegionVqaError("aborted", "The server is shutting down."));
+    // Give the aborted generations a moment to write their last event, then cut every connection.
+    setTimeout(() => app.server.closeAllConnections(), 500).unref();
+  }, graceMs);
+  try {
+    await closing;
+  } finally {
+    clearInterval(idleSweep);
+    clearTimeout(deadline);
+  }
+  return { forced };
 }

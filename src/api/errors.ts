@@ -85,6 +85,11 @@ export function installErrorHandlers(app: FastifyInstance): void {
     if (status >= 500 && status !== 503) request.log.error({ err }, "request failed");
     else request.log.info({ code: rvErr.code }, rvErr.message);
     if (reply.sent || reply.raw.headersSent) return;
+    if (status === 503) {
+      // Overloaded, still loading or shutting down: tell clients when trying again makes sense.
+      const retry = Number(rvErr.details?.retryAfterSeconds);
+      void reply.header("retry-after", String(Number.isInteger(retry) && retry > 0 ? retry : 1));
+    }
     void reply.code(status).type("application/json").send(errorBody(rvErr));
   });
   app.setNotFoundHandler((request, reply) => {

@@ -37,7 +37,9 @@ export class PipelineHolder {
     if (this.failure) {
       throw new RegionVqaError("model_invalid", `The models failed to load: ${this.failure.message}`);
     }
-    throw new RegionVqaError("overloaded", "The models are still loading; try again in a moment.");
+    throw new RegionVqaError("overloaded", "The models are still loading; try again in a moment.", {
+      retryAfterSeconds: 5,
+    });
   }
 
   /** The pipeline once loaded (undefined if loading failed). */

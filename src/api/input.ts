@@ -282,6 +282,14 @@ export async function resolveRegions(
   const decodeLimits = { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels };
   const decoded = await decodeImage(image, decodeLimits);
   const { width, height } = decoded;
+  if (Math.max(width, height) > limits.maxImageSide) {
+    // The encoder pads images to a square: a 1 x 10 000 000 strip has few pixels but a huge square.
+    throw new RegionVqaError(
+      "image_too_many_pixels",
+      `The image is ${width}x${height}; its longest side may be at most ${limits.maxImageSide} pixels.`,
+      { width, height, maxImageSide: limits.maxImageSide },
+    );
+  }
   if (specs.length === 0) specs = [decoded.alpha ? { kind: "alpha" } : { kind: "whole" }];
   const regions: Region[] = [];
   for (const spec of specs) {

@@ -57,6 +57,18 @@ export class ServerMetrics implements PipelineMetricsSink {
     labelNames: ["kind"] as const,
     registers: [this.registry],
   });
+  readonly rejected = new Counter({
+    name: "region_vqa_rejected_requests_total",
+    help: "Pipeline requests refused or cut short, by reason (queue_full, queue_timeout, deadline, shutdown)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly generations = new Counter({
+    name: "region_vqa_generations_total",
+    help: "LLM answers by finish reason (stop, length, abort: the client left or a deadline passed)",
+    labelNames: ["finish_reason"] as const,
+    registers: [this.registry],
+  });
   readonly inFlight = new Gauge({
     name: "region_vqa_http_requests_in_flight",
     help: "HTTP requests being served now",
@@ -80,5 +92,11 @@ export class ServerMetrics implements PipelineMetricsSink {
   }
   addTokens(kind: "prompt" | "completion", count: number): void {
     if (count > 0) this.tokens.inc({ kind }, count);
+  }
+  /** One finished answer: its tokens and how it ended. */
+  recordAnswer(result: { promptTokens: number; completionTokens: number; finishReason: string }): void {
+    this.addTokens("prompt", result.promptTokens);
+    this.addTokens("completion", result.completionTokens);
+    this.generations.inc({ finish_reason: result.finishReason });
   }
 }

@@ -5,10 +5,16 @@
  * turns are replayed as history after the image, and the conversation is closed afterwards.
  */
 import { randomUUID } from "node:crypto";
-import type { FastifyPluginAsync } from "fastify";
+import type { FastifyPluginAsync, FastifyReply } from "fastify";
 import { RegionVqaError } from "../../common/errors.js";
 import type { RemoteImageConfig, ServerConfig } from "../../config.js";
-import type { AnswerResult, FinishReason, Turn } from "../../pipeline/types.js";
+import type {
+  AnswerResult,
+  Conversation,
+  FinishReason,
+  GenerationOptions,
+  Turn,
+} from "../../pipeline/types.js";
 import { errorBody, toRegionVqaError } from "../errors.js";
 import {
   bearerAuth,
@@ -21,12 +27,14 @@ import {
 } from "../http.js";
 import { bytesFromField, parseRegion, resolveRegions } from "../input.js";
 import type { ServerMetrics } from "../metrics.js";
+import type { RequestScheduler } from "../scheduler.js";
 import { errorResponses, generationFields, regionDescription } from "../schemas.js";
 
 export interface OpenAiRoutesOptions {
   pipeline: PipelineHolder;
   config: ServerConfig;
   metrics: ServerMetrics;
+  scheduler: RequestScheduler;
 }
 
 interface ContentPart {
@@ -233,7 +241,10 @@ const contentPartSchema = {
   required: ["type"],
 };
 
-const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (app, { pipeline, config, metrics }) => {
+const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
+  app,
+  { pipeline, config, metrics, scheduler },
+) => {
   app.addHook("onRequest", bearerAuth(config.apiKey));
 
   app.get(
@@ -288,7 +299,11 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (app, { pipe
           type: "object",
           required: ["messages"],
           properties: {
-            model: { type: "string", description: "The id from /v1/models." },
+            model: {
+              type: "string",
+              description:
+                "Any name: the server answers with its one loaded model and reports that model's id.",
+            },
             messages: {
               type: "array",
               minItems: 1,
@@ -349,101 +364,119 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (app, { pipe
     async (request, reply) => {
       const body = request.body as ChatRequest;
       const p = pipeline.get();
-      if (body.model !== undefined && body.model !== "" && body.model !== p.models.id) {
-        throw new RegionVqaError(
-          "model_not_found",
-          `Unknown model "${body.model}"; this server serves "${p.models.id}".`,
-        );
-      }
+      // `model` is not checked: many clients hard-code a name. The answer names the model really used.
       const chat = parseMessages(body.messages, config);
-      const signal = clientAbortSignal(request, reply);
-      const options = generationOptions(body, config.limits, signal);
-      const image = /^https?:\/\//i.test(chat.imageUrl)
-        ? await fetchRemoteImage(chat.imageUrl, config.remoteImages)
-        : bytesFromField(chat.imageUrl, "image", {
-            missing: "image_missing",
-            undecodable: "image_undecodable",
-          });
+      const generation = generationOptions(body, config.limits);
       const specs =
         body.region === undefined || body.region === null ? [] : [parseRegion(body.region, config.limits)];
-      const { regions } = await resolveRegions(image, specs, config.limits);
-
-      const conversation = await p.openConversation(image, regions[0], {
-        history: chat.history,
-        systemPrompt: chat.systemPrompt,
-      });
-      const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
-      const created = Math.floor(Date.now() / 1000);
-      const model = p.models.id;
+      const lease = await scheduler.admit(clientAbortSignal(request, reply));
       try {
-        const answer = conversation.ask(chat.question, options);
-        const iterator = answer[Symbol.asyncIterator]();
-        const first = await iterator.next();
-
-        if (body.stream !== true) {
-          let text = first.done ? "" : first.value;
-          for (let step = first; !step.done;) {
-            step = await iterator.next();
-            if (!step.done) text += step.value;
-          }
-          const result = await answer.result;
-          metrics.addTokens("prompt", result.promptTokens);
-          metrics.addTokens("completion", result.completionTokens);
-          return {
-            id,
-            object: "chat.completion",
-            created,
-            model,
-            choices: [
-              {
-                index: 0,
-                message: { role: "assistant", content: text.trim() },
-                finish_reason: finishReasonOf(result.finishReason),
-                logprobs: null,
-              },
-            ],
-            usage: usageOf(result),
-          };
+        const image = /^https?:\/\//i.test(chat.imageUrl)
+          ? await fetchRemoteImage(chat.imageUrl, config.remoteImages)
+          : bytesFromField(chat.imageUrl, "image", {
+              missing: "image_missing",
+              undecodable: "image_undecodable",
+            });
+        const { regions } = await resolveRegions(image, specs, config.limits);
+        lease.throwIfAborted();
+        // Built apart from the call: `signal` lets the pipeline give up waiting for an LLM slot.
+        const openOptions = { history: chat.history, systemPrompt: chat.systemPrompt, signal: lease.signal };
+        const conversation = await p.openConversation(image, regions[0], openOptions);
+        try {
+          return await complete(
+            conversation,
+            chat.question,
+            body,
+            reply,
+            { ...generation, signal: lease.signal },
+            () => lease.throwIfAborted(),
+          );
+        } finally {
+          await conversation.close().catch(() => undefined);
         }
+      } finally {
+        lease.release();
+      }
+    },
+  );
 
-        const events = new EventStream(reply);
-        const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
+  /** Asks the question and answers as one chat.completion object or as a stream of chunks. */
+  async function complete(
+    conversation: Conversation,
+    question: string,
+    body: ChatRequest,
+    reply: FastifyReply,
+    generation: GenerationOptions,
+    throwIfAborted: () => void,
+  ): Promise<unknown> {
+    const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = pipeline.get().models.id;
+    const answer = conversation.ask(question, generation);
+    const iterator = answer[Symbol.asyncIterator]();
+    const first = await iterator.next();
+
+    if (body.stream !== true) {
+      let text = first.done ? "" : first.value;
+      for (let step = first; !step.done;) {
+        step = await iterator.next();
+        if (!step.done) text += step.value;
+      }
+      const result = await answer.result;
+      metrics.recordAnswer(result);
+      // Cut short by the deadline (or a vanished client): an error, not a short answer.
+      throwIfAborted();
+      return {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [
+          {
+            index: 0,
+            message: { role: "assistant", content: text.trim() },
+            finish_reason: finishReasonOf(result.finishReason),
+            logprobs: null,
+          },
+        ],
+        usage: usageOf(result),
+      };
+    }
+
+    const events = new EventStream(reply);
+    const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
+      id,
+      object: "chat.completion.chunk",
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+    });
+    events.send(chunk({ role: "assistant", content: "" }, null));
+    try {
+      for (let step = first; !step.done; step = await iterator.next()) {
+        events.send(chunk({ content: step.value }, null));
+      }
+      const result = await answer.result;
+      metrics.recordAnswer(result);
+      throwIfAborted();
+      events.send(chunk({}, finishReasonOf(result.finishReason)));
+      if (body.stream_options?.include_usage) {
+        events.send({
           id,
           object: "chat.completion.chunk",
           created,
           model,
-          choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+          choices: [],
+          usage: usageOf(result),
         });
-        events.send(chunk({ role: "assistant", content: "" }, null));
-        try {
-          for (let step = first; !step.done; step = await iterator.next()) {
-            events.send(chunk({ content: step.value }, null));
-          }
-          const result = await answer.result;
-          metrics.addTokens("prompt", result.promptTokens);
-          metrics.addTokens("completion", result.completionTokens);
-          events.send(chunk({}, finishReasonOf(result.finishReason)));
-          if (body.stream_options?.include_usage) {
-            events.send({
-              id,
-              object: "chat.completion.chunk",
-              created,
-              model,
-              choices: [],
-              usage: usageOf(result),
-            });
-          }
-        } catch (err) {
-          events.send(errorBody(toRegionVqaError(err)));
-        }
-        events.send("[DONE]");
-        events.end();
-        return reply;
-      } finally {
-        await conversation.close().catch(() => undefined);
       }
-    },
-  );
+    } catch (err) {
+      events.send(errorBody(toRegionVqaError(err)));
+    }
+    events.send("[DONE]");
+    events.end();
+    return reply;
+  }
 };
 
 export default openAiRoutes;

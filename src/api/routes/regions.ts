@@ -16,14 +16,16 @@ import {
   type GenerationFields,
   type PipelineHolder,
 } from "../http.js";
-import { bytesFromField, regionSpecsFromBody, resolveRegions } from "../input.js";
+import { bytesFromField, regionSpecsFromBody, resolveRegions, type RegionSpec } from "../input.js";
 import type { ServerMetrics } from "../metrics.js";
+import type { RequestScheduler } from "../scheduler.js";
 import { errorResponses, generationFields, jsonRegionFields, multipartRegionFields } from "../schemas.js";
 
 export interface RegionRoutesOptions {
   pipeline: PipelineHolder;
   config: ServerConfig;
   metrics: ServerMetrics;
+  scheduler: RequestScheduler;
 }
 
 type Body = Record<string, unknown> & GenerationFields;
@@ -91,7 +93,10 @@ function bodySchemas(fields: Record<string, unknown>, required: string[] = []) {
   });
 }
 
-const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pipeline, config, metrics }) => {
+const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
+  app,
+  { pipeline, config, metrics, scheduler },
+) => {
   const limits = config.limits;
   app.addHook("onRequest", bearerAuth(config.apiKey));
 
@@ -146,28 +151,40 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pip
         undecodable: "image_undecodable",
       });
       const specs = regionSpecsFromBody(body, limits);
-      const { regions } = await resolveRegions(image, specs, limits);
       const detail = (body.detail as "short" | "long" | undefined) ?? "short";
-      const options = generationOptions(body, limits, clientAbortSignal(request, reply));
-      const results = await p.captionRegions(image, regions, { ...options, detail });
-      let prompt = 0;
-      let completion = 0;
-      for (const r of results) {
-        prompt += r.promptTokens;
-        completion += r.completionTokens;
+      const generation = generationOptions(body, limits);
+      // Cheap checks first; decoding and the models wait for a turn.
+      const lease = await scheduler.admit(clientAbortSignal(request, reply));
+      try {
+        const { regions } = await resolveRegions(image, specs, limits);
+        lease.throwIfAborted();
+        const results = await p.captionRegions(image, regions, {
+          ...generation,
+          signal: lease.signal,
+          detail,
+        });
+        let prompt = 0;
+        let completion = 0;
+        for (const r of results) {
+          prompt += r.promptTokens;
+          completion += r.completionTokens;
+          metrics.recordAnswer(r);
+        }
+        // A deadline or a vanished client cut the captions short: no partial answer as a success.
+        lease.throwIfAborted();
+        return {
+          model: p.models.id,
+          captions: results.map((r, index) => ({
+            index,
+            caption: r.text.trim(),
+            finish_reason: r.finishReason,
+            usage: usageOf(r),
+          })),
+          usage: usageOf({ promptTokens: prompt, completionTokens: completion }),
+        };
+      } finally {
+        lease.release();
       }
-      metrics.addTokens("prompt", prompt);
-      metrics.addTokens("completion", completion);
-      return {
-        model: p.models.id,
-        captions: results.map((r, index) => ({
-          index,
-          caption: r.text.trim(),
-          finish_reason: r.finishReason,
-          usage: usageOf(r),
-        })),
-        usage: usageOf({ promptTokens: prompt, completionTokens: completion }),
-      };
     },
   );
 
@@ -220,11 +237,11 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pip
       const body = request.body as Body;
       const p = pipeline.get();
       const question = checkQuestion(body.question, limits);
-      const signal = clientAbortSignal(request, reply);
-      const options = generationOptions(body, limits, signal);
+      const generation = generationOptions(body, limits);
 
-      let conversation: Conversation;
-      let opened = false;
+      let existing: Conversation | undefined;
+      let image: Uint8Array | undefined;
+      let specs: RegionSpec[] = [];
       if (typeof body.conversation_id === "string" && body.conversation_id !== "") {
         const hasImageOrRegion = ["image", "mask", "region", "regions", "box", "polygon", "rle"].some(
           (k) => body[k] !== undefined && body[k] !== "",
@@ -235,72 +252,84 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pip
             "A follow-up continues its conversation's image and region: send conversation_id and question only.",
           );
         }
-        const found = p.getConversation(body.conversation_id);
-        if (!found) {
+        existing = p.getConversation(body.conversation_id);
+        if (!existing) {
           throw new RegionVqaError(
             "conversation_not_found",
             `No conversation "${body.conversation_id}" (it may have expired); start again with an image.`,
           );
         }
-        conversation = found;
       } else {
-        const image = bytesFromField(body.image, "image", {
+        image = bytesFromField(body.image, "image", {
           missing: "image_missing",
           undecodable: "image_undecodable",
         });
-        const specs = regionSpecsFromBody(body, limits);
+        specs = regionSpecsFromBody(body, limits);
         if (specs.length > 1) {
           throw new RegionVqaError(
             "invalid_request",
             `A question is about one region; the request states ${specs.length}.`,
           );
         }
-        const { regions } = await resolveRegions(image, specs, limits);
-        conversation = await p.openConversation(image, regions[0], {
-          systemPrompt:
-            typeof body.system_prompt === "string" && body.system_prompt !== ""
-              ? body.system_prompt
-              : undefined,
-        });
-        opened = true;
       }
 
-      let answer: AnswerStream;
-      let iterator: AsyncIterator<string>;
-      let first: IteratorResult<string>;
+      const lease = await scheduler.admit(clientAbortSignal(request, reply));
+      let conversation: Conversation | undefined = existing;
+      let opened = false;
+      let failed = true;
       try {
-        answer = conversation.ask(question, options);
-        iterator = answer[Symbol.asyncIterator]();
-        // Wait for the first piece before answering, so early failures get a proper status code.
-        first = await iterator.next();
-      } catch (err) {
-        if (opened) await conversation.close().catch(() => undefined);
-        throw err;
-      }
-
-      const finish = (result: AnswerResult, text: string) => {
-        metrics.addTokens("prompt", result.promptTokens);
-        metrics.addTokens("completion", result.completionTokens);
-        return {
-          conversation_id: conversation.id,
-          model: p.models.id,
-          answer: text.trim(),
-          finish_reason: result.finishReason,
-          turns: conversation.turns.length,
-          usage: usageOf(result),
-        };
-      };
-
-      if (body.stream !== true) {
-        let text = first.done ? "" : first.value;
-        for (let step = first; !step.done;) {
-          step = await iterator.next();
-          if (!step.done) text += step.value;
+        if (!conversation) {
+          const { regions } = await resolveRegions(image!, specs, limits);
+          lease.throwIfAborted();
+          // Built apart from the call: `signal` lets the pipeline give up waiting for an LLM slot.
+          const openOptions = {
+            systemPrompt:
+              typeof body.system_prompt === "string" && body.system_prompt !== ""
+                ? body.system_prompt
+                : undefined,
+            signal: lease.signal,
+          };
+          conversation = await p.openConversation(image!, regions[0], openOptions);
+          opened = true;
+          lease.throwIfAborted();
         }
-        return finish(await answer.result, text);
-      }
+        const answer = conversation.ask(question, { ...generation, signal: lease.signal });
+        const iterator = answer[Symbol.asyncIterator]();
+        // Wait for the first piece before answering, so early failures get a proper status code.
+        const first = await iterator.next();
+        const current = conversation;
+        const finish = (result: AnswerResult, text: string) => {
+          metrics.recordAnswer(result);
+          // Cut short by the deadline (or a vanished client): an error, not a short answer.
+          lease.throwIfAborted();
+          return {
+            conversation_id: current.id,
+            model: p.models.id,
+            answer: text.trim(),
+            finish_reason: result.finishReason,
+            turns: current.turns.length,
+            usage: usageOf(result),
+          };
+        };
 
-      return streamAnswer(reply, conversation.id, p.models.id, iterator, first, answer, finish);
+        if (body.stream !== true) {
+          let text = first.done ? "" : first.value;
+          for (let step = first; !step.done;) {
+            step = await iterator.next();
+            if (!step.done) text += step.value;
+          }
+          const response = finish(await answer.result, text);
+          failed = false;
+          return response;
+        }
+        failed = false;
+        await streamAnswer(reply, conversation.id, p.models.id, iterator, first, answer, finish);
+        return reply;
+      } finally {
+        lease.release();
+        // A conversation this request opened but never answered in is of no use to anyone.
+        if (failed && opened) await conversation?.close().catch(() => undefined);
+      }
     },
   );
 };

@@ -1,5 +1,6 @@
 import { Command, Option } from "commander";
-import { buildServer, ServerMetrics } from "../../api/index.js";
+import { buildServer, closeGracefully, ServerMetrics } from "../../api/index.js";
+import { RegionVqaError } from "../../common/errors.js";
 import { environmentVariables, loadConfig, type ServerConfig, type ServerConfigInput } from "../../config.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { resolveModelOptions } from "../model-options.js";
@@ -118,22 +119,60 @@ export function register(program: Command): void {
       const config = loadConfig({ file: opts.config, flags: flagsToConfig(opts) });
       const metrics = new ServerMetrics();
       const loading = pipelineFromConfig(config, metrics);
+      // Until `loading` settles, an unhandled rejection must not end the process before we report it.
+      loading.catch(() => undefined);
       const app = await buildServer({ pipeline: loading, config, metrics });
       const url = await app.listen({ host: config.host, port: config.port });
       process.stderr.write(`region-vqa: listening on ${url} (UI at ${url}/, API docs at ${url}/docs)\n`);
       const started = Date.now();
+
+      let stopping: Promise<{ forced: boolean }> | undefined;
+      let announceStop!: (closing: Promise<{ forced: boolean }>) => void;
+      const stopped = new Promise<{ forced: boolean }>((resolve) => (announceStop = resolve));
+      const stop = (why: string): void => {
+        if (stopping) return;
+        process.stderr.write(
+          `region-vqa: ${why}, shutting down (in-flight requests have ${config.shutdownGraceMs} ms to finish)\n`,
+        );
+        stopping = closeGracefully(app, config.shutdownGraceMs);
+        announceStop(stopping);
+      };
+      const onSignal = (signal: NodeJS.Signals): void => {
+        // A second signal while draining: stop waiting for the requests in flight.
+        if (stopping) {
+          process.stderr.write(`region-vqa: ${signal} again, stopping now\n`);
+          process.exit(130);
+        }
+        stop(signal);
+      };
+      process.on("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
+
+      // A model that cannot load stops the server: a supervisor sees the exit, and the message names the file.
+      let loadFailure: Error | undefined;
       loading.then(
         (p) =>
           process.stderr.write(`region-vqa: model "${p.models.id}" ready in ${Date.now() - started} ms\n`),
-        (err: Error) => process.stderr.write(`region-vqa: the models failed to load: ${err.message}\n`),
+        (err: Error) => {
+          // The message itself (naming the file) is printed once the server has stopped.
+          loadFailure = err;
+          stop("the models failed to load");
+        },
       );
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          process.stderr.write(`region-vqa: ${signal}, shutting down\n`);
-          app.close().then(resolve, resolve);
-        };
-        process.once("SIGINT", () => stop("SIGINT"));
-        process.once("SIGTERM", () => stop("SIGTERM"));
-      });
+      const { forced } = await stopped;
+      // Native engines may leave handles behind; the server is closed, so nothing is lost by exiting.
+      setTimeout(() => process.exit(process.exitCode ?? (loadFailure ? 2 : 0)), 2000).unref();
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      process.stderr.write(
+        forced
+          ? "region-vqa: stopped (the grace period ran out; unfinished requests were aborted)\n"
+          : "region-vqa: stopped\n",
+      );
+      if (loadFailure) {
+        throw loadFailure instanceof RegionVqaError
+          ? loadFailure
+          : new RegionVqaError("model_invalid", `the models failed to load: ${loadFailure.message}`);
+      }
     });
 }
