@@ -4,10 +4,10 @@
  * the vision cache never answers). Each level runs until its time is up or its request budget is
  * spent, whichever comes first; requests already sent are awaited, and counted.
  *
- * The requests go to POST /v1/regions/caption: one image, one box region, greedy, `max_tokens` as
- * given. That is the same decode -> encode -> project -> prefill -> generate path as a first question
- * on /v1/regions/ask, but its conversation is closed when the answer is done; an ask conversation
- * stays open (for follow-ups) until its idle timeout, holding one of the LLM's sequences.
+ * Requests (greedy, `max_tokens` as given, one box region) go to POST /v1/regions/ask (default: a
+ * first question; each opens a conversation that stays open for follow-ups until the pipeline evicts
+ * it as the least recently used idle one) or POST /v1/regions/caption (the conversation is closed
+ * after the answer). Both run decode -> encode -> project -> prefill -> generate.
  */
 import { buildServer } from "../src/api/index.js";
 import { loadConfig } from "../src/config.js";
@@ -16,7 +16,10 @@ import { benchImages } from "./images.js";
 import type { BenchModelSet } from "./model-sets.js";
 import { quantile, round, rssSampler } from "./stats.js";
 
+export type ConcurrencyEndpoint = "ask" | "caption";
+
 export interface ConcurrencyBenchOptions {
+  endpoint: ConcurrencyEndpoint;
   levels: number[];
   /** Longest time one level may send new requests, in seconds. */
   seconds: number;
@@ -55,8 +58,12 @@ export interface ConcurrencyBenchResult {
   levels: LevelResult[];
 }
 
-interface CaptionResponse {
+interface ApiResponse {
+  /** /v1/regions/caption */
   captions?: Array<{ caption: string; usage: { completion_tokens: number } }>;
+  /** /v1/regions/ask */
+  answer?: string;
+  usage?: { completion_tokens: number };
   error?: { code: string; message: string };
 }
 
@@ -86,7 +93,7 @@ export async function runConcurrencyBench(
     disposePipelineOnClose: true,
   });
   const base = await app.listen({ host: "127.0.0.1", port: 0 });
-  const url = `${base}/v1/regions/caption`;
+  const url = `${base}/v1/regions/${options.endpoint}`;
   const width = 640;
   const height = 480;
   log(`server on ${base} (${models.name}); levels ${options.levels.join(", ")}`);
@@ -103,16 +110,18 @@ export async function runConcurrencyBench(
         body: JSON.stringify({
           image: `data:image/png;base64,${png.toString("base64")}`,
           box,
+          ...(options.endpoint === "ask" ? { question: models.question } : {}),
           max_tokens: options.maxTokens,
           temperature: 0,
         }),
       });
-      const body = (await response.json()) as CaptionResponse;
+      const body = (await response.json()) as ApiResponse;
       const ms = performance.now() - t0;
-      if (!response.ok || !body.captions) {
+      const usage = options.endpoint === "ask" ? body.usage : body.captions?.[0]?.usage;
+      if (!response.ok || !usage) {
         return { ok: false, ms, tokens: 0, code: body.error?.code ?? `http_${response.status}` };
       }
-      return { ok: true, ms, tokens: body.captions[0]?.usage.completion_tokens ?? 0 };
+      return { ok: true, ms, tokens: usage.completion_tokens };
     } catch (err) {
       return { ok: false, ms: performance.now() - t0, tokens: 0, code: (err as Error).name };
     }
@@ -188,7 +197,10 @@ export async function runConcurrencyBench(
       note: models.note,
     },
     options,
-    endpoint: "POST /v1/regions/caption (JSON, base64 PNG, one box region, temperature 0)",
+    endpoint:
+      options.endpoint === "ask"
+        ? `POST /v1/regions/ask (first question "${models.question}"; JSON, base64 PNG, one box region, temperature 0)`
+        : "POST /v1/regions/caption (JSON, base64 PNG, one box region, temperature 0)",
     imageSize: `${width}x${height} PNG`,
     levels,
   };

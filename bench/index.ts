@@ -8,7 +8,7 @@
  *   npm run bench -- [--only pipeline,concurrency,vision,llm] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N] [--device auto|cpu|cuda]
- *     [--gpu false|auto|cuda|vulkan] [--max-conversations N] [--out DIR]
+ *     [--gpu false|auto|cuda|vulkan] [--max-conversations N] [--endpoint ask|caption] [--out DIR]
  *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
@@ -20,7 +20,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { runConcurrencyBench, type ConcurrencyBenchResult } from "./concurrency.js";
+import { runConcurrencyBench, type ConcurrencyBenchResult, type ConcurrencyEndpoint } from "./concurrency.js";
 import { resolveModelSet, type ModelSetName } from "./model-sets.js";
 import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
 import { renderReport, type BenchReport, type ExternalBenchResult } from "./report.js";
@@ -51,6 +51,7 @@ const { values } = parseArgs({
     gpu: { type: "string", default: "false" },
     "max-conversations": { type: "string", default: "4" },
     "context-size": { type: "string", default: "1024" },
+    endpoint: { type: "string", default: "ask" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
     render: { type: "string" },
@@ -88,6 +89,8 @@ if (!["false", "auto", "cuda", "vulkan"].includes(values.gpu!))
   fail(`--gpu must be false, auto, cuda or vulkan`);
 const gpu: false | "auto" | "cuda" | "vulkan" =
   values.gpu === "false" ? false : (values.gpu as "auto" | "cuda" | "vulkan");
+if (values.endpoint !== "ask" && values.endpoint !== "caption") fail(`--endpoint must be ask or caption`);
+const endpoint = values.endpoint as ConcurrencyEndpoint;
 const levels = values.levels!.split(",").map(Number);
 if (levels.some((l) => !Number.isInteger(l) || l < 1))
   fail(`--levels must be positive integers, e.g. 1,4,16`);
@@ -114,6 +117,7 @@ async function child(part: "pipeline" | "concurrency", model: ModelSetName): Pro
       models,
       {
         ...common,
+        endpoint,
         levels,
         seconds: positive("seconds"),
         maxRequests: positive("max-requests"),

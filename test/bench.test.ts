@@ -69,11 +69,12 @@ describe("bench on the tiny models", () => {
     expect(pipelineTable(result)).toContain("| cold |");
   }, 120_000);
 
+  // Level 1 leaves 3 idle conversations in the 3 slots; level 3's new questions must evict them.
   it("concurrency: real HTTP requests, each about a new image", async () => {
     const models = await resolveModelSet("tiny", { fullLayers: 1, threads: 1 });
     const result = await runConcurrencyBench(
       models,
-      { ...engine, levels: [1, 3], seconds: 30, maxRequests: 3, maxConversations: 2 },
+      { ...engine, endpoint: "ask", levels: [1, 3], seconds: 30, maxRequests: 3, maxConversations: 3 },
       quiet,
     );
     expect(result.levels.map((l) => l.clients)).toEqual([1, 3]);
@@ -86,5 +87,16 @@ describe("bench on the tiny models", () => {
       expect(level.peakRssMiB).toBeGreaterThan(0);
     }
     expect(concurrencyTable(result)).toContain("| 3 | 3 | 0 |");
+  }, 120_000);
+
+  it("concurrency on the caption endpoint", async () => {
+    const models = await resolveModelSet("tiny", { fullLayers: 1, threads: 1 });
+    const result = await runConcurrencyBench(
+      models,
+      { ...engine, endpoint: "caption", levels: [2], seconds: 30, maxRequests: 2, maxConversations: 1 },
+      quiet,
+    );
+    expect(result.endpoint).toContain("/v1/regions/caption");
+    expect(result.levels[0]).toMatchObject({ clients: 2, requests: 2, errors: 0, cacheHits: 0 });
   }, 120_000);
 });
