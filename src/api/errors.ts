@@ -52,6 +52,9 @@ const fastifyCodes: Record<string, { code: ErrorCode; message?: string }> = {
   FST_ERR_VALIDATION: { code: "invalid_request" },
 };
 
+/** Messages of the multipart parser (busboy) for bodies that do not parse. */
+const busboyMessages = /^Multipart: |unexpected end of multipart data|malformed part header/i;
+
 /** Any thrown value -> a RegionVqaError (unknown failures become `internal`). */
 export function toRegionVqaError(err: unknown): RegionVqaError {
   if (isRegionVqaError(err)) return err;
@@ -62,6 +65,10 @@ export function toRegionVqaError(err: unknown): RegionVqaError {
   if (e && typeof e.code === "string" && fastifyCodes[e.code]) {
     const mapped = fastifyCodes[e.code];
     return new RegionVqaError(mapped.code, mapped.message ?? e.message);
+  }
+  if (e instanceof Error && busboyMessages.test(e.message)) {
+    // A malformed multipart body: busboy's errors are plain Errors without a status.
+    return new RegionVqaError("invalid_request", `The multipart body is malformed: ${e.message}.`);
   }
   if (e instanceof SyntaxError) {
     // A JSON body that does not parse reaches us as a plain SyntaxError with statusCode 400.
