@@ -675,7 +675,7 @@ async function goodRequest(): Promise<void> {
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ image, max_tokens: 2 }),
   });
-  const body = await response.json();
+  const body = (await response.json()) as { captions?: unknown[] };
   expect(response.status, JSON.stringify(body)).toBe(200);
   expect(body.captions).toHaveLength(1);
 }
