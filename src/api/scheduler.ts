@@ -25,6 +25,11 @@ export interface Lease {
   readonly signal: AbortSignal;
   /** Throws the reason the signal fired (timeout, client gone, shutdown), if it fired. */
   throwIfAborted(): void;
+  /**
+   * The error to report for a failure: the signal's reason when it fired (a stage that noticed the
+   * abort throws its own generic error), else `err` itself.
+   */
+  reasonFor(err: unknown): unknown;
   release(): void;
 }
 
@@ -204,6 +209,10 @@ class LeaseImpl implements Lease {
 
   throwIfAborted(): void {
     if (this.controller.signal.aborted) throw this.controller.signal.reason;
+  }
+
+  reasonFor(err: unknown): unknown {
+    return this.controller.signal.aborted ? this.controller.signal.reason : err;
   }
 
   /** Stops the timer and listeners without touching the scheduler's counts (never started). */

@@ -394,6 +394,8 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
         } finally {
           await conversation.close().catch(() => undefined);
         }
+      } catch (err) {
+        throw lease.reasonFor(err);
       } finally {
         lease.release();
       }

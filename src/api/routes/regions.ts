@@ -182,6 +182,8 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
           })),
           usage: usageOf({ promptTokens: prompt, completionTokens: completion }),
         };
+      } catch (err) {
+        throw lease.reasonFor(err);
       } finally {
         lease.release();
       }
@@ -325,6 +327,8 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
         failed = false;
         await streamAnswer(reply, conversation.id, p.models.id, iterator, first, answer, finish);
         return reply;
+      } catch (err) {
+        throw lease.reasonFor(err);
       } finally {
         lease.release();
         // A conversation this request opened but never answered in is of no use to anyone.
