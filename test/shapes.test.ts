@@ -195,3 +195,20 @@ describe("shapes questions and answer checking", () => {
     }
   });
 });
+
+describe("eval-shapes command", () => {
+  it("refuses unknown question types and bad numbers before loading any model", async () => {
+    const { main } = await import("../src/cli/index.js");
+    const errors: string[] = [];
+    const original = console.error;
+    console.error = (...args: unknown[]) => void errors.push(args.join(" "));
+    try {
+      expect(await main(["node", "region-vqa", "eval-shapes", "--types", "colour,bogus"])).toBe(2);
+      expect(await main(["node", "region-vqa", "eval-shapes", "--scenes", "0"])).toBe(2);
+    } finally {
+      console.error = original;
+    }
+    expect(errors[0]).toMatch(/unknown question type\(s\) bogus/);
+    expect(errors[1]).toMatch(/--scenes must be an integer/);
+  });
+});
