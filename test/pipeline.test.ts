@@ -141,6 +141,32 @@ describe("pipeline (tiny real models)", () => {
     await b.close();
   });
 
+  it("a waiting conversation gets the slot of one that finishes answering", async () => {
+    const patient = await createPipeline({
+      ...(await tinyModels()),
+      device: "cpu",
+      visionThreads: 1,
+      llmThreads: 1,
+      maxConversations: 2,
+      slotWaitMs: 60_000,
+    });
+    try {
+      const a = await patient.openConversation(image, { kind: "whole" });
+      const b = await patient.openConversation(image, { kind: "whole" });
+      const ra = a.ask("Tell me a long story.", { maxTokens: 60, temperature: 0 }).result;
+      const rb = b.ask("Tell me a long story.", { maxTokens: 400, temperature: 0 }).result;
+      const t0 = Date.now();
+      const c = await patient.openConversation(image, { kind: "whole" });
+      // a finished first and was evicted for c, long before the 60 s wait limit
+      expect(Date.now() - t0).toBeLessThan(30_000);
+      expect(patient.getConversation(a.id)).toBeUndefined();
+      expect(patient.getConversation(c.id)).toBe(c);
+      await Promise.all([ra, rb]);
+    } finally {
+      await patient.dispose();
+    }
+  });
+
   it("refuses bad input with typed errors", async () => {
     const codeOf = async (p: Promise<unknown>) => {
       try {

@@ -126,6 +126,8 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   readonly models: ModelsInfo;
   private readonly cache: ByteLruCache<RegionEmbeddings>;
   private readonly conversations = new Map<string, ConversationEntry>();
+  /** New conversations waiting for a free LLM slot. */
+  private slotWaiters = 0;
   private readonly sweepTimer: NodeJS.Timeout;
   private disposed = false;
 
@@ -314,6 +316,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const signal = present.length > 1 ? AbortSignal.any(present) : present[0];
     const t0 = performance.now();
     let inner: Conversation;
+    // While someone waits for a slot, a conversation that finishes answering is evicted (see wrap).
+    const waiting = this.llm.activeConversations >= this.llm.maxConversations;
+    if (waiting) this.slotWaiters++;
     try {
       inner = await this.llm.openConversation({
         id,
@@ -332,6 +337,8 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         );
       }
       throw err;
+    } finally {
+      if (waiting) this.slotWaiters--;
     }
     this.options.onStage?.("prefill", performance.now() - t0);
     const conversation = this.wrap(inner);
@@ -373,6 +380,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         const done = (): void => {
           if (e) e.busy--;
           touch();
+          if (this.slotWaiters > 0) void this.evictIdleConversation();
         };
         void stream.result.then(done, done);
         return stream;
