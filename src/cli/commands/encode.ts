@@ -1,6 +1,7 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { Command, Option } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
+import { parseBoxFlag, readInputFile } from "../region-args.js";
 import {
   AlphaClipEncoder,
   alphaToMask,
@@ -8,7 +9,6 @@ import {
   decodeMaskImage,
   preprocessForLlava,
   regionToMask,
-  type Box,
   type EncoderDevice,
   type Mask,
 } from "../../vision/index.js";
@@ -22,26 +22,6 @@ interface EncodeCliOptions {
   out: string;
   device: EncoderDevice;
   threads?: string;
-}
-
-function parseBox(text: string): Box {
-  const parts = text.split(",").map((s) => s.trim());
-  const values = parts.map(Number);
-  if (parts.length !== 4 || parts.some((p) => p === "") || values.some((v) => !Number.isFinite(v))) {
-    throw new RegionVqaError(
-      "box_invalid",
-      `--box must be four numbers x1,y1,x2,y2 in pixels, got "${text}".`,
-    );
-  }
-  return values as Box;
-}
-
-async function readInput(file: string, what: string): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(await readFile(file));
-  } catch (err) {
-    throw new RegionVqaError("image_missing", `Cannot read the ${what} ${file}: ${(err as Error).message}`);
-  }
 }
 
 /**
@@ -90,21 +70,21 @@ export function register(program: Command): void {
       let encoder: AlphaClipEncoder | undefined;
       try {
         const started = performance.now();
-        const image = await decodeImage(await readInput(opts.image, "image"));
+        const image = await decodeImage(await readInputFile(opts.image, "image"));
         let mask: Mask;
         let regionKind: string;
         if (opts.mask) {
           mask = regionToMask(
             {
               kind: "mask",
-              mask: await decodeMaskImage(await readInput(opts.mask, "mask"), image.width, image.height),
+              mask: await decodeMaskImage(await readInputFile(opts.mask, "mask"), image.width, image.height),
             },
             image.width,
             image.height,
           );
           regionKind = "mask";
         } else if (opts.box) {
-          mask = regionToMask({ kind: "box", box: parseBox(opts.box) }, image.width, image.height);
+          mask = regionToMask({ kind: "box", box: parseBoxFlag(opts.box) }, image.width, image.height);
           regionKind = "box";
         } else if (opts.alpha) {
           if (!image.alpha)
