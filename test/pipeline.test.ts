@@ -8,7 +8,12 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isRegionVqaError } from "../src/common/errors.js";
 import { maxAbsDiff } from "../src/common/tensor.js";
-import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
+import {
+  createPipeline,
+  DEFAULT_CAPTION_PROMPTS,
+  type LocalRegionVqaPipeline,
+  type PipelineStage,
+} from "../src/pipeline/index.js";
 import { goldenAlphaClip, tinyModels } from "./support/tiny-models.js";
 
 const image = readFileSync(path.join(goldenAlphaClip, "test_image.png"));
@@ -106,8 +111,7 @@ describe("pipeline (tiny real models)", () => {
     const captions = await pipeline.captionRegions(image, regions, { maxTokens: 6, temperature: 0 });
     expect(captions).toHaveLength(2);
     const alone = await pipeline.openConversation(image, regions[0]);
-    const a = await alone.ask("Describe the highlighted region briefly.", { maxTokens: 6, temperature: 0 })
-      .result;
+    const a = await alone.ask(DEFAULT_CAPTION_PROMPTS.short, { maxTokens: 6, temperature: 0 }).result;
     await alone.close();
     expect(a.text).toBe(captions[0].text);
   });

@@ -82,7 +82,7 @@ export interface PipelineOptions {
 }
 
 export const DEFAULT_CAPTION_PROMPTS = {
-  short: "Describe the highlighted region briefly.",
+  short: "Describe the highlighted region.",
   long: "Describe the highlighted region in detail.",
 };
 
