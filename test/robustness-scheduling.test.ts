@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RegionVqaError } from "../src/common/errors.js";
 import { RequestScheduler } from "../src/api/index.js";
+import { loadConfig } from "../src/config.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { dataUrl, makeImage, readSse, startServer, type RunningServer } from "./api-support.js";
 import { tinyModels } from "./support/tiny-models.js";
@@ -272,5 +273,30 @@ describe("RequestScheduler", () => {
     expect(await other).toMatchObject({ code: "aborted" });
     await expect(scheduler.admit()).rejects.toMatchObject({ code: "overloaded" });
     holder.release();
+  });
+});
+
+describe("scheduling settings", () => {
+  it("come from the environment; a queue of 0 is allowed, a deadline of 0 is not", () => {
+    const config = loadConfig({
+      env: {
+        REGION_VQA_MAX_QUEUE: "0",
+        REGION_VQA_MAX_CONCURRENT: "3",
+        REGION_VQA_REQUEST_TIMEOUT_MS: "5000",
+        REGION_VQA_RECEIVE_TIMEOUT_MS: "2000",
+        REGION_VQA_SHUTDOWN_GRACE_MS: "0",
+        REGION_VQA_MAX_IMAGE_SIDE: "1024",
+      },
+    });
+    expect(config.limits).toMatchObject({
+      maxQueue: 0,
+      maxConcurrentRequests: 3,
+      requestTimeoutMs: 5000,
+      receiveTimeoutMs: 2000,
+      maxImageSide: 1024,
+    });
+    expect(config.shutdownGraceMs).toBe(0);
+    expect(() => loadConfig({ env: { REGION_VQA_REQUEST_TIMEOUT_MS: "0" } })).toThrow(/requestTimeoutMs/);
+    expect(() => loadConfig({ env: { REGION_VQA_MAX_QUEUE: "-1" } })).toThrow(/REGION_VQA_MAX_QUEUE/);
   });
 });
