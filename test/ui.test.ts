@@ -169,3 +169,42 @@ describe("chat UI in chromium", () => {
     await page.close();
   });
 });
+
+describe("chat UI with the bundled model in chromium", () => {
+  it("a box dragged over the red square gets the answer 'red', streamed into the page", async () => {
+    const { resolveModelOptions } = await import("../src/cli/model-options.js");
+    const { createPipeline } = await import("../src/pipeline/index.js");
+    const shapes = await createPipeline({
+      ...(await resolveModelOptions({ threads: "1", llmThreads: "1", device: "cpu" })),
+      maxConversations: 2,
+    });
+    const shapesServer = await startServer(shapes, {}, { uiRoot });
+    try {
+      const page = await browser.newPage();
+      await page.setViewportSize({ width: 1100, height: 760 });
+      await page.goto(shapesServer.url + "/");
+      // examples/shapes.png: 307 x 206, a red square at about x 130-208, y 16-96.
+      await page.setInputFiles("#file", path.join(repoRoot, "examples/shapes.png"));
+      await page.waitForSelector("#stage:not([hidden])");
+      await page.check('input[name="tool"][value="box"]');
+      const box = (await page.locator("#mask-canvas").boundingBox())!;
+      const at = (x: number, y: number) => [box.x + (x / 307) * box.width, box.y + (y / 206) * box.height];
+      const [x1, y1] = at(126, 12);
+      const [x2, y2] = at(212, 100);
+      await page.mouse.move(x1, y1);
+      await page.mouse.down();
+      await page.mouse.move(x2, y2, { steps: 6 });
+      await page.mouse.up();
+      await page.fill("#question", "What colour is the highlighted region?");
+      await page.click("#ask");
+      const answer = page.locator("#messages li.assistant[data-done=true]").first();
+      await answer.waitFor({ timeout: 60_000 });
+      expect((await answer.textContent())?.toLowerCase()).toContain("red");
+      await page.screenshot({ path: path.join(artifacts, "ui-shapes.png"), fullPage: true });
+      await page.close();
+    } finally {
+      await shapesServer.close();
+      await shapes.dispose();
+    }
+  });
+});
