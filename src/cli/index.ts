@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { Command } from "commander";
 import { RegionVqaError } from "../common/errors.js";
 
@@ -14,9 +15,18 @@ const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/eval-shapes.js"),
 ];
 
+/** The package's version; package.json sits two levels up from both src/cli and dist/cli. */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const program = new Command("region-vqa")
     .description("Ask questions about a region of an image (Alpha-CLIP + LLaVA-1.5)")
+    .version(packageVersion())
     .showHelpAfterError()
     .exitOverride();
   for (const load of commandModules) (await load()).register(program);
