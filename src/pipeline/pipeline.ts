@@ -451,7 +451,8 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   private async closeIdle(ttlMs: number): Promise<void> {
     const now = Date.now();
     for (const [id, entry] of this.conversations) {
-      if (now - entry.lastUsed > ttlMs) {
+      // A conversation answering right now is not idle, however long its answer takes.
+      if (entry.busy === 0 && now - entry.lastUsed > ttlMs) {
         this.logger.info(`closing idle conversation ${id}`);
         await entry.conversation.close().catch(() => undefined);
       }
