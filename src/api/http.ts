@@ -6,7 +6,7 @@ import { timingSafeEqual, createHash } from "node:crypto";
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from "fastify";
 import { RegionVqaError } from "../common/errors.js";
 import type { ServerLimits } from "../config.js";
-import type { GenerationOptions, RegionVqaPipeline } from "../pipeline/types.js";
+import type { AnswerResult, GenerationOptions, RegionVqaPipeline } from "../pipeline/types.js";
 
 /** The pipeline, or a promise of it while models load (then /readyz is 503 and /v1 answers 503). */
 export class PipelineHolder {
@@ -97,6 +97,25 @@ export function checkQuestion(question: unknown, limits: ServerLimits, field = "
     );
   }
   return question.trim();
+}
+
+/** Token counts of an answer as the API reports them (native and OpenAI-compatible alike). */
+export function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens">) {
+  return {
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.promptTokens + r.completionTokens,
+  };
+}
+
+/** The whole text of an answer whose first piece was already read (to learn early failures). */
+export async function readAnswerText(
+  iterator: AsyncIterator<string>,
+  first: IteratorResult<string>,
+): Promise<string> {
+  let text = "";
+  for (let step = first; !step.done; step = await iterator.next()) text += step.value;
+  return text;
 }
 
 /** An AbortSignal that fires when the client goes away before the response is complete. */

@@ -8,13 +8,7 @@ import { randomUUID } from "node:crypto";
 import type { FastifyPluginAsync, FastifyReply } from "fastify";
 import { RegionVqaError } from "../../common/errors.js";
 import type { RemoteImageConfig, ServerConfig } from "../../config.js";
-import type {
-  AnswerResult,
-  Conversation,
-  FinishReason,
-  GenerationOptions,
-  Turn,
-} from "../../pipeline/types.js";
+import type { Conversation, FinishReason, GenerationOptions, Turn } from "../../pipeline/types.js";
 import { errorBody, toRegionVqaError } from "../errors.js";
 import {
   bearerAuth,
@@ -22,6 +16,8 @@ import {
   clientAbortSignal,
   EventStream,
   generationOptions,
+  readAnswerText,
+  usageOf,
   type GenerationFields,
   type PipelineHolder,
 } from "../http.js";
@@ -215,12 +211,6 @@ function parseMessages(messages: ChatMessage[], config: ServerConfig): ParsedCha
 
 /** OpenAI finish reasons: an aborted answer is reported as "stop" (the client left anyway). */
 const finishReasonOf = (r: FinishReason): "stop" | "length" => (r === "length" ? "length" : "stop");
-
-const usageOf = (r: AnswerResult) => ({
-  prompt_tokens: r.promptTokens,
-  completion_tokens: r.completionTokens,
-  total_tokens: r.promptTokens + r.completionTokens,
-});
 
 const contentPartSchema = {
   type: "object",
@@ -419,11 +409,7 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
     const first = await iterator.next();
 
     if (body.stream !== true) {
-      let text = first.done ? "" : first.value;
-      for (let step = first; !step.done;) {
-        step = await iterator.next();
-        if (!step.done) text += step.value;
-      }
+      const text = await readAnswerText(iterator, first);
       const result = await answer.result;
       metrics.recordAnswer(result);
       // Cut short by the deadline (or a vanished client): an error, not a short answer.

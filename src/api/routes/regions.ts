@@ -13,6 +13,8 @@ import {
   clientAbortSignal,
   EventStream,
   generationOptions,
+  readAnswerText,
+  usageOf,
   type GenerationFields,
   type PipelineHolder,
 } from "../http.js";
@@ -29,14 +31,6 @@ export interface RegionRoutesOptions {
 }
 
 type Body = Record<string, unknown> & GenerationFields;
-
-function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens">) {
-  return {
-    prompt_tokens: r.promptTokens,
-    completion_tokens: r.completionTokens,
-    total_tokens: r.promptTokens + r.completionTokens,
-  };
-}
 
 const typedFormFields: Record<string, "number" | "boolean"> = {
   max_tokens: "number",
@@ -315,11 +309,7 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
         };
 
         if (body.stream !== true) {
-          let text = first.done ? "" : first.value;
-          for (let step = first; !step.done;) {
-            step = await iterator.next();
-            if (!step.done) text += step.value;
-          }
+          const text = await readAnswerText(iterator, first);
           const response = finish(await answer.result, text);
           failed = false;
           return response;
