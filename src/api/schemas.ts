@@ -116,7 +116,7 @@ export const generationFields = {
   temperature: { type: "number", minimum: 0, maximum: 2, description: "0 = greedy decoding (the default)." },
   top_p: { type: "number", exclusiveMinimum: 0, maximum: 1 },
   top_k: { type: "integer", minimum: 0 },
-  seed: { type: "integer" },
+  seed: { type: "integer", minimum: 0 },
   stop: {
     anyOf: [{ type: "string" }, { type: "array", items: { type: "string" }, maxItems: 4 }],
     description: "Stop sequence(s): generation ends before them.",
