@@ -3,6 +3,9 @@ import { Command, Option } from "commander";
 import { RegionVqaError } from "../common/errors.js";
 import { repoModelsDir, resolveModelPreset } from "../models/index.js";
 import type { PipelineOptions } from "../pipeline/index.js";
+import { numberFlag } from "./number-flag.js";
+
+const positiveInteger = { min: 1, integer: true };
 
 /** The bundled default model (a preset folder in the package's models/). */
 export const DEFAULT_MODEL_DIR = path.join(repoModelsDir(), "shapes");
@@ -44,15 +47,6 @@ export function addModelOptions(cmd: Command): Command {
     .option("--context-size <n>", "LLM context positions per conversation");
 }
 
-function positiveInt(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new RegionVqaError("invalid_request", `${flag} must be a positive integer, got "${value}"`);
-  }
-  return n;
-}
-
 /** Flags -> the model part of PipelineOptions. Explicit files win over --model; nothing given = bundled model. */
 export async function resolveModelOptions(
   opts: ModelCliOptions,
@@ -76,9 +70,9 @@ export async function resolveModelOptions(
       opts.gpu === undefined || opts.gpu === "false"
         ? (false as const)
         : (opts.gpu as "auto" | "cuda" | "vulkan"),
-    visionThreads: positiveInt(opts.threads, "--threads"),
-    llmThreads: positiveInt(opts.llmThreads, "--llm-threads"),
-    contextSize: positiveInt(opts.contextSize, "--context-size"),
+    visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),
+    llmThreads: numberFlag(opts.llmThreads, "--llm-threads", positiveInteger),
+    contextSize: numberFlag(opts.contextSize, "--context-size", positiveInteger),
   };
   if (opts.vision || opts.llm) {
     if (!opts.vision || !opts.llm) {

@@ -1,7 +1,7 @@
 import { Command } from "commander";
-import { RegionVqaError } from "../../common/errors.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { addModelOptions, resolveModelOptions, type ModelCliOptions } from "../model-options.js";
+import { numberFlag } from "../number-flag.js";
 import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
 
 interface AskCliOptions extends ModelCliOptions, RegionCliOptions {
@@ -14,23 +14,6 @@ interface AskCliOptions extends ModelCliOptions, RegionCliOptions {
   seed?: string;
   system?: string;
   verbose?: boolean;
-}
-
-function numberFlag(
-  value: string | undefined,
-  flag: string,
-  min: number,
-  max = Infinity,
-): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < min || n > max) {
-    throw new RegionVqaError(
-      "invalid_request",
-      `${flag} must be a number in [${min}, ${max}], got "${value}"`,
-    );
-  }
-  return n;
 }
 
 /**
@@ -67,12 +50,12 @@ export function register(program: Command): void {
         if (opts.verbose) process.stderr.write(`${m}\n`);
       };
       const generation = {
-        maxTokens: numberFlag(opts.maxTokens, "--max-tokens", 1),
-        temperature: numberFlag(opts.temperature, "--temperature", 0, 10),
-        topP: numberFlag(opts.topP, "--top-p", 0, 1),
-        topK: numberFlag(opts.topK, "--top-k", 0),
-        repeatPenalty: numberFlag(opts.repeatPenalty, "--repeat-penalty", 0),
-        seed: numberFlag(opts.seed, "--seed", 0),
+        maxTokens: numberFlag(opts.maxTokens, "--max-tokens", { min: 1, integer: true }),
+        temperature: numberFlag(opts.temperature, "--temperature", { min: 0, max: 10 }),
+        topP: numberFlag(opts.topP, "--top-p", { min: 0, max: 1 }),
+        topK: numberFlag(opts.topK, "--top-k", { min: 0, integer: true }),
+        repeatPenalty: numberFlag(opts.repeatPenalty, "--repeat-penalty", { min: 0 }),
+        seed: numberFlag(opts.seed, "--seed", { min: 0, integer: true }),
       };
       const [{ image, region }, models] = await Promise.all([
         readImageAndRegion(opts),

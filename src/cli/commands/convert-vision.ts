@@ -4,13 +4,9 @@ import { Command, Option } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
 import { convertFusedVisionProjector } from "../../projector/index.js";
 import { convertVisionCheckpoint } from "../../vision/convert/index.js";
+import { numberFlag } from "../number-flag.js";
 
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1)
-    throw new RegionVqaError("invalid_request", `--heads must be a positive integer, got "${value}"`);
-  return n;
-}
+const headsFlag = (value: string): number => numberFlag(value, "--heads", { min: 1, integer: true })!;
 
 /** `region-vqa convert-vision`: Alpha-CLIP checkpoint (.pth / .safetensors) -> ONNX model folder. */
 export function register(program: Command): void {
@@ -21,7 +17,7 @@ export function register(program: Command): void {
     )
     .requiredOption("--checkpoint <file>", "checkpoint file (torch.save zip or safetensors)")
     .requiredOption("--out <dir>", "model folder to write (e.g. models/alpha-clip-l14-336)")
-    .option("--heads <n>", "attention heads (not stored in checkpoints; default width / 64)", positiveInt)
+    .option("--heads <n>", "attention heads (not stored in checkpoints; default width / 64)", headsFlag)
     .addOption(
       new Option("--precision <p>", "weight precision in the ONNX file")
         .choices(["fp32", "fp16"])

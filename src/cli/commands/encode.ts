@@ -1,6 +1,7 @@
 import { writeFile } from "node:fs/promises";
 import { Command, Option } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
+import { numberFlag } from "../number-flag.js";
 import { parseBoxFlag, readInputFile } from "../region-args.js";
 import {
   AlphaClipEncoder,
@@ -51,15 +52,7 @@ export function register(program: Command): void {
       ).length;
       if (regionFlags > 1)
         throw new RegionVqaError("invalid_request", "Give at most one of --mask, --box and --alpha.");
-      let threads: number | undefined;
-      if (opts.threads !== undefined) {
-        threads = Number(opts.threads);
-        if (!Number.isInteger(threads) || threads < 1)
-          throw new RegionVqaError(
-            "invalid_request",
-            `--threads must be a whole number >= 1, got "${opts.threads}".`,
-          );
-      }
+      const threads = numberFlag(opts.threads, "--threads", { min: 1, integer: true });
       const logger = {
         info: (m: string) => process.stderr.write(`${m}\n`),
         warn: (m: string) => process.stderr.write(`${m}\n`),

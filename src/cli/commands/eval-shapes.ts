@@ -3,6 +3,7 @@ import { RegionVqaError } from "../../common/errors.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { QUESTION_TYPES, evaluateShapes, type QuestionType } from "../../shapes/index.js";
 import { addModelOptions, resolveModelOptions, type ModelCliOptions } from "../model-options.js";
+import { numberFlag } from "../number-flag.js";
 
 interface EvalShapesCliOptions extends ModelCliOptions {
   scenes: string;
@@ -12,17 +13,6 @@ interface EvalShapesCliOptions extends ModelCliOptions {
   wholeColour: boolean;
   json?: boolean;
   verbose?: boolean;
-}
-
-function intFlag(value: string, flag: string, min: number, max: number): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new RegionVqaError(
-      "invalid_request",
-      `${flag} must be an integer in [${min}, ${max}], got "${value}"`,
-    );
-  }
-  return n;
 }
 
 /**
@@ -42,8 +32,8 @@ export function register(program: Command): void {
     .option("--json", "print the result as JSON")
     .option("--verbose", "print every question and answer to stderr")
     .action(async (opts: EvalShapesCliOptions) => {
-      const scenes = intFlag(opts.scenes, "--scenes", 1, 100000);
-      const seed = intFlag(opts.seed, "--seed", 0, 0xffffffff);
+      const scenes = numberFlag(opts.scenes, "--scenes", { min: 1, max: 100000, integer: true })!;
+      const seed = numberFlag(opts.seed, "--seed", { min: 0, max: 0xffffffff, integer: true })!;
       if (opts.region !== "mask" && opts.region !== "box") {
         throw new RegionVqaError("invalid_request", `--region must be mask or box, got "${opts.region}"`);
       }

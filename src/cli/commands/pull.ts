@@ -1,5 +1,4 @@
 import { Command, Option } from "commander";
-import { RegionVqaError } from "../../common/errors.js";
 import {
   createProgressPrinter,
   defaultModelsDir,
@@ -7,6 +6,7 @@ import {
   pullModel,
   type PullResult,
 } from "../../models/index.js";
+import { numberFlag } from "../number-flag.js";
 
 /** `region-vqa pull NAME`: download, verify and convert a model or preset (progress on stderr). */
 export function register(program: Command): void {
@@ -46,13 +46,7 @@ Environment:
 Interrupted downloads resume where they stopped: run the same command again.`,
     )
     .action(async (name: string, opts: PullCliOptions) => {
-      const retries = Number(opts.retries);
-      if (!Number.isInteger(retries) || retries < 0) {
-        throw new RegionVqaError(
-          "invalid_request",
-          `--retries must be a whole number >= 0, got "${opts.retries}"`,
-        );
-      }
+      const retries = numberFlag(opts.retries, "--retries", { min: 0, integer: true })!;
       const printer = createProgressPrinter(process.stderr);
       const controller = new AbortController();
       const onSigint = () => controller.abort();
