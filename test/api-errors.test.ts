@@ -334,6 +334,15 @@ describe("API key and CORS", () => {
     expect(other.headers.get("access-control-allow-origin")).toBeNull();
   });
 
+  it("lets an allowed origin end a conversation (DELETE passes the preflight)", async () => {
+    const preflight = await fetch(`${secured.url}/v1/regions/conversations/conv_x`, {
+      method: "OPTIONS",
+      headers: { origin: "http://app.example", "access-control-request-method": "DELETE" },
+    });
+    const methods = (preflight.headers.get("access-control-allow-methods") ?? "").split(/\s*,\s*/);
+    expect(methods).toContain("DELETE");
+  });
+
   it("sends no CORS headers when CORS is off (the default)", async () => {
     const r = await fetch(`${server.url}/healthz`, { headers: { origin: "http://app.example" } });
     expect(r.headers.get("access-control-allow-origin")).toBeNull();

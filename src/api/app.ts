@@ -116,7 +116,8 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   if (config.corsOrigins.length > 0) {
     await app.register(fastifyCors, {
       origin: config.corsOrigins.includes("*") ? true : config.corsOrigins,
-      methods: ["GET", "POST", "OPTIONS"],
+      // DELETE ends a conversation (/v1/regions/conversations/{id}).
+      methods: ["GET", "POST", "DELETE", "OPTIONS"],
       allowedHeaders: ["authorization", "content-type"],
     });
   }
