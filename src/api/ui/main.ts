@@ -108,7 +108,7 @@ function regionChanged(): void {
   regionNote.textContent = has ? "Region drawn." : "No region drawn: the whole image is used.";
   // A new region is a new question about the image: the next question starts a new conversation.
   if (state.conversationId) {
-    state.conversationId = undefined;
+    endConversation();
     addNote("The region changed: the next question starts a new conversation.");
   }
 }
@@ -225,19 +225,23 @@ function addMessage(kind: "user" | "assistant" | "error" | "note", text: string)
 const addNote = (text: string) => addMessage("note", text);
 const showError = (text: string) => addMessage("error", text);
 
-function resetConversation(): void {
+/** Forgets the current conversation and frees its LLM slot on the server (which has only a few). */
+function endConversation(): void {
+  if (!state.conversationId) return;
+  // Failures do not matter here: the server closes idle conversations itself, only later.
+  void fetch(`v1/regions/conversations/${encodeURIComponent(state.conversationId)}`, {
+    method: "DELETE",
+    headers: authHeaders(),
+  }).catch(() => undefined);
   state.conversationId = undefined;
+}
+
+function resetConversation(): void {
+  endConversation();
   messages.replaceChildren();
 }
 
 $("start-over").addEventListener("click", () => {
-  if (state.conversationId) {
-    // Frees the server's slot for this conversation; failures do not matter here.
-    void fetch(`v1/regions/conversations/${encodeURIComponent(state.conversationId)}`, {
-      method: "DELETE",
-      headers: authHeaders(),
-    }).catch(() => undefined);
-  }
   state.image = undefined;
   resetConversation();
   stage.hidden = true;
