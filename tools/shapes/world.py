@@ -338,12 +338,18 @@ def all_texts() -> tuple[list[str], list[str]]:
         answers.add(f"It is {c}.")
         answers.add(f"Yes, it is {c}.")
         answers.add(f"No, it is {c}.")
+        for v in ("yes", "no"):
+            answers.add(f"It is {c}, so the answer is {v}.")
+            answers.add(f"It is {c}, {v}.")
         for s in SHAPES:
             answers.add(f"It is a {c} {s}.")
     for s in SHAPES:
         answers.add(f"It is a {s}.")
         answers.add(f"Yes, it is a {s}.")
         answers.add(f"No, it is a {s}.")
+        for v in ("yes", "no"):
+            answers.add(f"It is a {s}, so the answer is {v}.")
+            answers.add(f"It is a {s}, {v}.")
     for p in POSITIONS:
         answers.add(position_phrase(p))
     for n in range(0, 6):

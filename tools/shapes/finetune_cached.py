@@ -1,0 +1,314 @@
+"""Fine-tunes the LM of a trained shapes model on cached image tokens (CPU, PyTorch 1.13).
+
+  python3 tools/shapes/finetune_cached.py --src tools/shapes/out/run1 --out tools/shapes/out/ft
+
+The vision tower and the projector stay frozen, so their output (64 image tokens per region) is
+computed once for a pool of regions and cached; each step then draws regions from the pool and
+questions for them on the fly (any question type, any asked word), so the LM sees every question
+about every cached region. Only the LM (token embedding included) trains, loss on answer tokens only,
+with the exact LLaVA-1.5 prompt of train.py. Yes/no questions are over-weighted, half of them "yes"
+and half naming another word, because the GPU run never learnt to compare the asked word with the
+truth. Everything depends only on --seed (regions, questions, torch init of nothing: the weights
+come from --src), so a rerun on the same CPU gives the same model.
+
+Answer format for yes/no (`--yes-no`): "fact-first" = "It is a star, so the answer is no." (the truth
+is emitted first, so the verdict token can compare two words already in the context), or
+"verdict-first" = "No, it is a star." (the shipped model's format). src/shapes/check.ts accepts both.
+Follow-up turns (`--followup P`): with probability P a second question follows the first
+answer's </s> as ` USER: {q2} ASSISTANT:` and only the second answer is scored, so later turns of a
+conversation answer their own question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train  # noqa: E402
+import world  # noqa: E402
+
+# Sampling weights of the question types for a region that is an object (mask or box).
+WEIGHTS = {
+    "colour": 0.3, "shape": 0.3, "what": 0.3, "describe": 0.15,
+    "is_shape": 1.5, "is_colour": 1.5, "where": 0.3, "count": 0.15,
+}  # fmt: skip
+WHOLE_SHARE = 0.15  # regions that are the whole image (asked how many objects)
+VERDICT_WEIGHT = 3.0
+
+
+def answer_text(qtype: str, truth: dict, asked: str | None, yes_no: str) -> str:
+    if qtype == "count":
+        return f"There are {truth['count']} objects."
+    if qtype == "colour":
+        return f"It is {truth['colour']}."
+    if qtype == "shape":
+        return f"It is a {truth['shape']}."
+    if qtype in ("what", "describe"):
+        return f"It is a {truth['colour']} {truth['shape']}."
+    if qtype == "where":
+        return world.position_phrase(truth["position"])
+    key = "shape" if qtype == "is_shape" else "colour"
+    fact = f"a {truth['shape']}" if key == "shape" else truth["colour"]
+    yes = asked == truth[key]
+    if yes_no == "fact-first":
+        return f"It is {fact}, so the answer is {'yes' if yes else 'no'}."
+    if yes_no == "fact-verdict":
+        return f"It is {fact}, {'yes' if yes else 'no'}."
+    return f"{'Yes' if yes else 'No'}, it is {fact}."
+
+
+def verdict_index(answer_ids: list[int], answer: str) -> int:
+    """Index (in answer tokens + </s>) of the yes/no token, or -1."""
+    if answer.startswith(("Yes", "No")):
+        return 0
+    if answer.endswith((" yes.", " no.")):
+        return len(answer_ids) - 2  # before "." (the ids here exclude </s>)
+    return -1
+
+
+@torch.no_grad()
+def build_cache(vision, projector, c, seed: int, scene_seed: int, first: int, count: int, threads: int):
+    """Image tokens [N, 64, D] and truths for `count` regions of scenes first..first+count-1."""
+    torch.set_num_threads(threads)
+    tokens, truths = [], []
+    size = c["image_size"]
+    for s in range(0, count, 64):
+        images, alphas = [], []
+        for i in range(first + s, first + min(count, s + 64)):
+            rng = train.item_rng(seed, i)
+            scene = world.generate_scene(scene_seed, i)
+            image, masks = world.render_scene(scene)
+            k = rng.randint(len(scene.objects))
+            obj = scene.objects[k]
+            u = rng.rand()
+            if u < WHOLE_SHARE:
+                mask, kind = None, "whole"
+            elif u < WHOLE_SHARE + (1 - WHOLE_SHARE) * 0.75:
+                mask, kind = masks[k], "mask"
+            else:
+                mask, kind = world.box_mask(scene, obj), "box"
+            images.append(train.preprocess_image(image, size))
+            alphas.append(train.preprocess_mask(mask, size))
+            truths.append({"colour": obj.colour, "shape": obj.shape, "count": len(scene.objects),
+                           "position": world.position_name(obj, scene.width, scene.height), "kind": kind})  # fmt: skip
+        feats, _ = vision(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(alphas)))
+        tokens.append(projector(feats))
+    return torch.cat(tokens), truths
+
+
+def sample_question(rng: np.random.RandomState, truth: dict, qtype: str | None = None):
+    if qtype is None:
+        if truth["kind"] == "whole":
+            qtype = "count"
+        else:
+            types = list(WEIGHTS)
+            w = np.array([WEIGHTS[t] for t in types])
+            qtype = types[rng.choice(len(types), p=w / w.sum())]
+    template = world.TEMPLATES[qtype][rng.randint(len(world.TEMPLATES[qtype]))]
+    asked = None
+    if qtype in ("is_shape", "is_colour"):
+        names = world.SHAPES if qtype == "is_shape" else world.COLOUR_NAMES
+        true_word = truth["shape" if qtype == "is_shape" else "colour"]
+        others = [n for n in names if n != true_word]
+        # Exactly half "yes": the model cannot score by always agreeing.
+        asked = true_word if rng.rand() < 0.5 else others[rng.randint(len(others))]
+        question = template.format(shape=asked, colour=asked)
+    else:
+        question = template
+    return qtype, question, asked
+
+
+def step_loss(lm, toks, img_tokens, examples, followups):
+    """examples: [(question ids, answer ids)], followups: [None | (first q ids, first a ids)] where the
+    scored turn comes after a first turn (its answer ids end with </s>)."""
+    prefix_ids = toks["prefix"]
+    prefix = lm.token_embd(torch.tensor(prefix_ids))[None]
+    _, past = lm(prefix, 0)
+    g = img_tokens.shape[1]
+    seqs, targets_at, targets, weights = [], [], [], []
+    for (q, a, vat), fu in zip(examples, followups):
+        head = [] if fu is None else fu
+        seq = head + q + a[:-1]
+        start = g + len(head) + len(q) - 1
+        seqs.append(seq)
+        targets_at.append([start + j for j in range(len(a))])
+        targets.append(a)
+        weights += [VERDICT_WEIGHT if j == vat else 1.0 for j in range(len(a))]
+    t = max(len(s) for s in seqs)
+    ids = torch.tensor([s + [0] * (t - len(s)) for s in seqs])
+    x = torch.cat([img_tokens, lm.token_embd(ids)], dim=1)
+    h, _ = lm(x, len(prefix_ids), past)
+    rows = torch.tensor([i for i, tl in enumerate(targets_at) for _ in tl])
+    cols = torch.tensor([p for tl in targets_at for p in tl])
+    logits = lm.logits(h[rows, cols])
+    tgt = torch.tensor([tok for a in targets for tok in a])
+    w = torch.tensor(weights)
+    return (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
+
+
+def make_example(rng, truth, toks, turn_ids, yes_no, followup_p, qtype=None):
+    qtype, question, asked = sample_question(rng, truth, qtype)
+    answer = answer_text(qtype, truth, asked, yes_no)
+    a = toks["answers"][answer]
+    q = toks["questions"][question]
+    fu = None
+    if followup_p > 0 and rng.rand() < followup_p and truth["kind"] != "whole":
+        qt1, q1, asked1 = sample_question(rng, truth)
+        a1 = toks["answers"][answer_text(qt1, truth, asked1, yes_no)]
+        # Turn 2 follows "</s>" as " USER: {q2} ASSISTANT:" (REFERENCE.md section 3).
+        fu = toks["questions"][q1] + a1 + [toks["eos"]]
+        q = turn_ids[question]
+    return (q, a + [toks["eos"]], verdict_index(a, answer)), fu, qtype, asked
+
+
+@torch.no_grad()
+def greedy(lm, toks, img_tokens, q_ids, max_new=16):
+    """Greedy answers (token ids) for a batch sharing one question token sequence length."""
+    prefix_ids = toks["prefix"]
+    _, past = lm(lm.token_embd(torch.tensor(prefix_ids))[None], 0)
+    b = img_tokens.shape[0]
+    past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
+    x = torch.cat([img_tokens, lm.token_embd(torch.tensor(q_ids))], dim=1)
+    h, past = lm(x, len(prefix_ids), past)
+    pos = len(prefix_ids) + x.shape[1]
+    out, done = [[] for _ in range(b)], [False] * b
+    nxt = lm.logits(h[:, -1]).argmax(-1)
+    for _ in range(max_new):
+        for i in range(b):
+            if not done[i]:
+                if int(nxt[i]) == toks["eos"]:
+                    done[i] = True
+                else:
+                    out[i].append(int(nxt[i]))
+        if all(done):
+            break
+        h, past = lm(lm.token_embd(nxt[:, None]), pos, past)
+        pos += 1
+        nxt = lm.logits(h[:, -1]).argmax(-1)
+    return out
+
+
+def quick_eval(lm, toks, pieces, cache, truths, seed):
+    """Accuracy per question type on cached held-out regions (one question of each type each)."""
+    rng = np.random.RandomState(seed)
+    items = []
+    for r, truth in enumerate(truths):
+        types = ["count"] if truth["kind"] == "whole" else [t for t in world.QUESTION_TYPES if t != "count"]
+        for qt in types:
+            _, question, asked = sample_question(rng, truth, qt)
+            items.append((r, qt, question, asked))
+    groups: dict[int, list] = {}
+    for it in items:
+        groups.setdefault(len(toks["questions"][it[2]]), []).append(it)
+    right: dict[str, list[int]] = {}
+    for group in groups.values():
+        for s in range(0, len(group), 128):
+            batch = group[s : s + 128]
+            q_ids = [toks["questions"][it[2]] for it in batch]
+            outs = greedy(lm, toks, cache[[it[0] for it in batch]], q_ids)
+            for (r, qt, _, asked), ids in zip(batch, outs):
+                t = dict(truths[r], asked=asked)
+                ok = world.check_answer(qt, train.decode(pieces, ids), t)
+                right.setdefault(qt, [0, 0])
+                right[qt][0] += int(ok)
+                right[qt][1] += 1
+    return {qt: round(100 * r / n, 1) for qt, (r, n) in sorted(right.items())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--src", required=True, help="a train.py output folder (config.json, vision.pth, ...)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--scene-seed", type=int, default=1)
+    ap.add_argument("--regions", type=int, default=4000)
+    ap.add_argument("--eval-regions", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--yes-no", choices=["fact-first", "fact-verdict", "verdict-first"], default="fact-first")
+    ap.add_argument("--verdict-weight", type=float, default=3.0, help="loss weight of the yes/no token")
+    ap.add_argument("--followup", type=float, default=0.0, help="share of examples scored as a second turn")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--max-minutes", type=float, default=0)
+    ap.add_argument("--cache-only", action="store_true", help="build the region cache and stop")
+    ap.add_argument("--cache", default="", help="the region cache file (default: in --out)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    global VERDICT_WEIGHT
+    VERDICT_WEIGHT = args.verdict_weight
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    log = open(os.path.join(args.out, "finetune.log"), "a")
+
+    def say(msg):
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    c, vision, projector, lm = train.load_trained(args.src)
+    c = dict(c, finetune_cached={k: v for k, v in vars(args).items() if k not in ("src", "out", "threads")})
+    toks = train.load_tokens()
+    pieces = train.load_pieces()
+    # Second-turn question ids: " USER: {q} ASSISTANT:" after </s>; tokenised by tokenize.ts as
+    # "turns" when present, else approximated by the first-turn ids (no follow-up training then).
+    turn_ids = toks.get("turns", {})
+    if args.followup > 0 and not turn_ids:
+        sys.exit("tokens.json has no second-turn question ids: rerun tools/shapes/tokenize.ts")
+    cache_path = args.cache or os.path.join(args.out, f"cache-{args.seed}-{args.regions}.pt")
+    if os.path.exists(cache_path):
+        cache, truths, ev_cache, ev_truths = torch.load(cache_path)
+    else:
+        cache, truths = build_cache(vision, projector, c, args.seed, args.scene_seed, 30_000_000, args.regions, args.threads)
+        ev_cache, ev_truths = build_cache(vision, projector, c, args.seed + 1, 5000, 0, args.eval_regions, args.threads)
+        torch.save((cache, truths, ev_cache, ev_truths), cache_path)
+    say(f"cache: {len(truths)} training regions, {len(ev_truths)} held-out regions (scene seed 5000)")
+    if args.cache_only:
+        return
+    lm.train()
+    for p in list(vision.parameters()) + list(projector.parameters()):
+        p.requires_grad_(False)
+    params = list(lm.parameters())
+    opt = torch.optim.AdamW(params, weight_decay=0.0)
+    if args.eval_every <= args.steps:
+        say(f"before: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
+    rng = np.random.RandomState(args.seed)
+    for step in range(args.steps):
+        picks = rng.randint(len(truths), size=args.batch)
+        examples, followups = [], []
+        for r in picks:
+            ex, fu, _, _ = make_example(rng, truths[r], toks, turn_ids, args.yes_no, args.followup)
+            examples.append(ex)
+            followups.append(fu)
+        for g in opt.param_groups:
+            g["lr"] = train.cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
+        loss = step_loss(lm, toks, cache[torch.from_numpy(picks)], examples, followups)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 10 == 0:
+            say(f"step {step} loss {loss.item():.4f}")
+        last = step == args.steps - 1 or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
+        if (step + 1) % args.eval_every == 0 or last:
+            say(f"step {step} held-out: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
+            train.save(c, vision, projector, lm, args.out)
+        if last:
+            break
+    say(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
