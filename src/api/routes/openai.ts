@@ -53,8 +53,15 @@ interface ChatRequest extends GenerationFields {
   region?: unknown;
 }
 
-/** Bytes of an allow-listed remote image, with size and time limits and no redirects. */
-async function fetchRemoteImage(url: string, remote: RemoteImageConfig): Promise<Uint8Array> {
+/**
+ * Bytes of an allow-listed remote image, with size and time limits and no redirects. `signal` is the
+ * request's own (client gone, deadline, shutdown): the fetch stops with it too.
+ */
+async function fetchRemoteImage(
+  url: string,
+  remote: RemoteImageConfig,
+  signal: AbortSignal,
+): Promise<Uint8Array> {
   if (!remote.allow.some((prefix) => url.startsWith(prefix))) {
     throw new RegionVqaError(
       "remote_fetch_forbidden",
@@ -66,8 +73,12 @@ async function fetchRemoteImage(url: string, remote: RemoteImageConfig): Promise
   let response: Response;
   try {
     // Redirects are refused: they could lead outside the allow-list.
-    response = await fetch(url, { redirect: "error", signal: AbortSignal.timeout(remote.timeoutMs) });
+    response = await fetch(url, {
+      redirect: "error",
+      signal: AbortSignal.any([signal, AbortSignal.timeout(remote.timeoutMs)]),
+    });
   } catch (err) {
+    signal.throwIfAborted();
     const e = err as Error;
     if (e.name === "TimeoutError")
       throw new RegionVqaError("timeout", `Fetching the image took longer than ${remote.timeoutMs} ms.`);
@@ -101,6 +112,7 @@ async function fetchRemoteImage(url: string, remote: RemoteImageConfig): Promise
     }
   } catch (err) {
     if (err instanceof RegionVqaError) throw err;
+    signal.throwIfAborted();
     const e = err as Error;
     if (e.name === "TimeoutError")
       throw new RegionVqaError("timeout", `Fetching the image took longer than ${remote.timeoutMs} ms.`);
@@ -362,7 +374,7 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
       const lease = await scheduler.admit(clientAbortSignal(request, reply));
       try {
         const image = /^https?:\/\//i.test(chat.imageUrl)
-          ? await fetchRemoteImage(chat.imageUrl, config.remoteImages)
+          ? await fetchRemoteImage(chat.imageUrl, config.remoteImages, lease.signal)
           : bytesFromField(chat.imageUrl, "image", {
               missing: "image_missing",
               undecodable: "image_undecodable",
