@@ -43,7 +43,10 @@ export interface OpenConversationOptions {
   /** Earlier turns (e.g. from an OpenAI-style message history) to replay after the image. */
   history?: Turn[];
   systemPrompt?: string;
-  /** Cancels waiting for a conversation slot and the prefill. */
+  /**
+   * Cancels the wait for a conversation slot. A prefill already running is not interrupted: the
+   * conversation is returned and the caller, seeing its signal fired, closes it.
+   */
   signal?: AbortSignal;
 }
 
