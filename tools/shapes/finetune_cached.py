@@ -237,6 +237,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--yes-no", choices=["fact-first", "fact-verdict", "verdict-first"], default="fact-first")
     ap.add_argument("--verdict-weight", type=float, default=3.0, help="loss weight of the yes/no token")
+    ap.add_argument("--yes-no-share", type=float, default=1.5, help="sampling weight of each yes/no type")
     ap.add_argument("--followup", type=float, default=0.0, help="share of examples scored as a second turn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -248,6 +249,7 @@ def main():
     torch.manual_seed(args.seed)
     global VERDICT_WEIGHT
     VERDICT_WEIGHT = args.verdict_weight
+    WEIGHTS["is_shape"] = WEIGHTS["is_colour"] = args.yes_no_share
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     log = open(os.path.join(args.out, "finetune.log"), "a")

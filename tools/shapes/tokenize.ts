@@ -24,10 +24,13 @@ async function main(): Promise<void> {
   const prefix = [model.tokens.bos ?? 1, ...tok(`${SYSTEM} USER: `)];
   const questions: Record<string, number[]> = {};
   for (const q of texts.questions) questions[q] = tok(`\n${q} ASSISTANT:`);
+  // A later turn (after the previous answer's </s>), tokenised as src/llm/prompt.ts nextTurn does.
+  const turns: Record<string, number[]> = {};
+  for (const q of texts.questions) turns[q] = tok(` USER: ${q} ASSISTANT:`);
   // Answers follow "ASSISTANT:" after a space (SentencePiece's dummy prefix gives that space).
   const answers: Record<string, number[]> = {};
   for (const a of texts.answers) answers[a] = tok(a);
-  await writeFile(outPath, JSON.stringify({ prefix, questions, answers, eos: model.tokens.eos ?? 2 }));
+  await writeFile(outPath, JSON.stringify({ prefix, questions, turns, answers, eos: model.tokens.eos ?? 2 }));
   await model.dispose();
   await llama.dispose();
   console.error(
