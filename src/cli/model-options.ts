@@ -96,6 +96,7 @@ export async function resolveModelOptions(
     vision: resolved.visionDir,
     projector: opts.projector ?? resolved.projectorPath,
     llm: resolved.llmPath,
-    modelId: opts.model ?? "shapes",
+    // A folder is named by its last path part, never by its full path (it shows in /v1/models).
+    modelId: opts.model ? path.basename(path.resolve(opts.model)) : "shapes",
   };
 }

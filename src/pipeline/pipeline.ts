@@ -174,9 +174,10 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
             `the vision folder ${options.vision} has no projector; give a projector file (--projector)`,
           );
         }
+        // The projector runs where the encoder's auto/cuda/cpu choice landed.
         projector = await LlavaProjector.load(options.projector, {
           threads: visionThreads,
-          device: device === "auto" ? "cpu" : device,
+          device: encoder.provider,
         });
       }
       llm = await LlavaModel.load({
@@ -421,18 +422,25 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const prompts = this.options.captionPrompts ?? DEFAULT_CAPTION_PROMPTS;
     const question = options.detail === "long" ? prompts.long : prompts.short;
     const { detail: _detail, ...generation } = options;
+    // One failed region stops the others at once, so no slot keeps generating for a failed request.
+    const stopAll = new AbortController();
+    const signal = generation.signal ? AbortSignal.any([generation.signal, stopAll.signal]) : stopAll.signal;
     return Promise.all(
       embeddings.map(async (emb) => {
-        const conversation = await this.startConversation(emb, {
-          register: false,
-          waitForSlot: true,
-          signal: generation.signal,
-        });
         try {
-          const stream = conversation.ask(question, generation);
-          return await stream.result;
-        } finally {
-          await conversation.close();
+          const conversation = await this.startConversation(emb, {
+            register: false,
+            waitForSlot: true,
+            signal,
+          });
+          try {
+            return await conversation.ask(question, { ...generation, signal }).result;
+          } finally {
+            await conversation.close();
+          }
+        } catch (err) {
+          stopAll.abort();
+          throw err;
         }
       }),
     );
