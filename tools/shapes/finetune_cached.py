@@ -42,6 +42,7 @@ WEIGHTS = {
 }  # fmt: skip
 WHOLE_SHARE = 0.15  # regions that are the whole image (asked how many objects)
 VERDICT_WEIGHT = 3.0
+EVAL_PRIOR = False  # --eval-prior: draw the asked word as the evaluation does
 
 
 def answer_text(qtype: str, truth: dict, asked: str | None, yes_no: str) -> str:
@@ -118,8 +119,13 @@ def sample_question(rng: np.random.RandomState, truth: dict, qtype: str | None =
         names = world.SHAPES if qtype == "is_shape" else world.COLOUR_NAMES
         true_word = truth["shape" if qtype == "is_shape" else "colour"]
         others = [n for n in names if n != true_word]
-        # Exactly half "yes": the model cannot score by always agreeing.
-        asked = true_word if rng.rand() < 0.5 else others[rng.randint(len(others))]
+        if EVAL_PRIOR:
+            # The evaluation's draw (train.py make_item, src/shapes/questions.ts): the truth half the
+            # time, else any word, so "yes" is 62.5 % (shapes) / 58 % (colours).
+            asked = true_word if rng.rand() < 0.5 else names[rng.randint(len(names))]
+        else:
+            # Exactly half "yes": the model cannot score by always agreeing.
+            asked = true_word if rng.rand() < 0.5 else others[rng.randint(len(others))]
         question = template.format(shape=asked, colour=asked)
     else:
         question = template
@@ -238,6 +244,7 @@ def main():
     ap.add_argument("--yes-no", choices=["fact-first", "fact-verdict", "verdict-first"], default="fact-first")
     ap.add_argument("--verdict-weight", type=float, default=3.0, help="loss weight of the yes/no token")
     ap.add_argument("--yes-no-share", type=float, default=1.5, help="sampling weight of each yes/no type")
+    ap.add_argument("--eval-prior", action="store_true", help="asked words drawn as the evaluation draws them")
     ap.add_argument("--followup", type=float, default=0.0, help="share of examples scored as a second turn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
@@ -247,8 +254,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    global VERDICT_WEIGHT
+    global VERDICT_WEIGHT, EVAL_PRIOR
     VERDICT_WEIGHT = args.verdict_weight
+    EVAL_PRIOR = args.eval_prior
     WEIGHTS["is_shape"] = WEIGHTS["is_colour"] = args.yes_no_share
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
