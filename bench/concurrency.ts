@@ -13,7 +13,7 @@ import { buildServer } from "../src/api/index.js";
 import { loadConfig } from "../src/config.js";
 import { createPipeline } from "../src/pipeline/index.js";
 import { benchImages } from "./images.js";
-import type { BenchModelSet } from "./model-sets.js";
+import { pipelineOptionsFor, type BenchModelSet } from "./model-sets.js";
 import { quantile, round, rssSampler } from "./stats.js";
 
 export type ConcurrencyEndpoint = "ask" | "caption";
@@ -73,15 +73,7 @@ export async function runConcurrencyBench(
   log: (message: string) => void,
 ): Promise<ConcurrencyBenchResult> {
   const pipeline = await createPipeline({
-    vision: models.vision,
-    projector: models.projector,
-    llm: models.llm,
-    modelId: models.name,
-    device: options.device,
-    gpu: options.gpu,
-    visionThreads: options.visionThreads,
-    llmThreads: options.llmThreads,
-    contextSize: options.contextSize,
+    ...pipelineOptionsFor(models, options),
     maxConversations: options.maxConversations,
   });
   const app = await buildServer({

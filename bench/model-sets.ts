@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { repoModelsDir, resolveModelPreset } from "../src/models/index.js";
 import { tinyModels } from "../test/support/tiny-models.js";
+import type { PipelineOptions } from "../src/pipeline/index.js";
 import { fullSizeModels } from "./synthetic-models.js";
 
 export type ModelSetName = "bundled" | "shapes" | "tiny" | "full";
@@ -87,5 +88,29 @@ export async function resolveModelSet(
       "tiny test models (golden tiny Alpha-CLIP 84 px/width 64, tiny mmproj 64->96->96, random LLaMA n_embd 96, 2 layers)",
     note,
     ...GENERIC_QUESTIONS,
+  };
+}
+
+/** The engine settings every benchmark part takes from its options. */
+export interface BenchEngineOptions {
+  visionThreads: number;
+  llmThreads: number;
+  device: "auto" | "cpu" | "cuda";
+  gpu: false | "auto" | "cuda" | "vulkan";
+  contextSize: number;
+}
+
+/** Pipeline options for a model set and the benchmark's engine settings (one mapping for all parts). */
+export function pipelineOptionsFor(models: BenchModelSet, engine: BenchEngineOptions): PipelineOptions {
+  return {
+    vision: models.vision,
+    projector: models.projector,
+    llm: models.llm,
+    modelId: models.name,
+    device: engine.device,
+    gpu: engine.gpu,
+    visionThreads: engine.visionThreads,
+    llmThreads: engine.llmThreads,
+    contextSize: engine.contextSize,
   };
 }

@@ -11,7 +11,7 @@
 import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
 import type { Conversation, GenerationOptions } from "../src/pipeline/index.js";
 import { benchImage, type BenchImage } from "./images.js";
-import type { BenchModelSet } from "./model-sets.js";
+import { pipelineOptionsFor, type BenchModelSet } from "./model-sets.js";
 import { median, round } from "./stats.js";
 
 export interface PipelineBenchOptions {
@@ -196,15 +196,7 @@ export async function runPipelineBench(
   const generation: GenerationOptions = { maxTokens: options.maxTokens, temperature: 0 };
   const t0 = performance.now();
   const pipeline = await createPipeline({
-    vision: models.vision,
-    projector: models.projector,
-    llm: models.llm,
-    modelId: models.name,
-    device: options.device,
-    gpu: options.gpu,
-    visionThreads: options.visionThreads,
-    llmThreads: options.llmThreads,
-    contextSize: options.contextSize,
+    ...pipelineOptionsFor(models, options),
     maxConversations: 2,
     onStage: recorder.record,
   });
