@@ -271,6 +271,7 @@ describe("POST /v1/regions/ask", () => {
     expect(text).toMatch(/region_vqa_tokens_total\{kind="completion"\} [1-9]/);
     expect(text).toMatch(/region_vqa_queue_depth\{queue="pipeline_requests"\} 0/);
     expect(text).toMatch(/region_vqa_pipeline_stage_duration_seconds_count\{stage="encode"\} [1-9]/);
+    expect(text).toMatch(/region_vqa_pipeline_stage_duration_seconds_count\{stage="decode"\} [1-9]/);
     expect(text).toMatch(/region_vqa_cache_lookups_total\{cache="vision_embeddings",result="hit"\} [1-9]/);
   });
 });

@@ -54,6 +54,20 @@ describe("pipeline (tiny real models)", () => {
     expect(maxAbsDiff(first.data, second.data)).toBe(0);
   });
 
+  it("uses an image the caller already decoded instead of decoding it again", async () => {
+    const { decodeImage } = await import("../src/vision/index.js");
+    const decoded = await decodeImage(image);
+    const region = { kind: "box" as const, box: [3, 3, 50, 30] as [number, number, number, number] };
+    stages.length = 0;
+    const [given] = await pipeline.embedRegions(image, [region], decoded);
+    expect(stages).not.toContain("decode");
+    pipeline.clearVisionCache();
+    stages.length = 0;
+    const [own] = await pipeline.embedRegions(image, [region]);
+    expect(stages).toContain("decode");
+    expect(maxAbsDiff(given.data, own.data)).toBe(0);
+  });
+
   it("batches several regions in one encoder run, equal to encoding each alone", async () => {
     const regions = [
       { kind: "box" as const, box: [0, 0, 30, 30] as [number, number, number, number] },

@@ -15,6 +15,7 @@ import {
   type DecodedImage,
   type Mask,
   type Region,
+  type RgbImage,
 } from "../vision/index.js";
 import { ByteLruCache } from "./lru-cache.js";
 import type {
@@ -227,7 +228,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
    * Image + regions -> one embedding block per region. Regions already in the cache skip the encoder;
    * the others are encoded together in one batch.
    */
-  async embedRegions(image: Uint8Array, regions: Region[]): Promise<RegionEmbeddings[]> {
+  async embedRegions(
+    image: Uint8Array,
+    regions: Region[],
+    alreadyDecoded?: RgbImage,
+  ): Promise<RegionEmbeddings[]> {
     this.assertOpen();
     const maxRegions = this.options.maxRegions ?? 16;
     if (regions.length === 0) throw new RegionVqaError("invalid_request", "no region given");
@@ -238,7 +243,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         { limit: maxRegions },
       );
     }
-    const decoded = await this.decode(image);
+    const decoded = alreadyDecoded ?? (await this.decode(image));
     const imageHash = sha256(image);
     const masks: Mask[] = regions.map((r) => regionToMask(r, decoded.width, decoded.height));
     const keys = masks.map(
@@ -297,7 +302,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     region: Region,
     options: OpenConversationOptions = {},
   ): Promise<Conversation> {
-    const [embeddings] = await this.embedRegions(image, [region]);
+    const [embeddings] = await this.embedRegions(image, [region], options.decoded);
     if (options.signal?.aborted) throw new RegionVqaError("aborted", "the request was cancelled");
     return this.startConversation(embeddings, options);
   }
@@ -416,12 +421,12 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   async captionRegions(
     image: Uint8Array,
     regions: Region[],
-    options: GenerationOptions & { detail?: "short" | "long" } = {},
+    options: GenerationOptions & { detail?: "short" | "long"; decoded?: RgbImage } = {},
   ): Promise<AnswerResult[]> {
-    const embeddings = await this.embedRegions(image, regions);
+    const embeddings = await this.embedRegions(image, regions, options.decoded);
     const prompts = this.options.captionPrompts ?? DEFAULT_CAPTION_PROMPTS;
     const question = options.detail === "long" ? prompts.long : prompts.short;
-    const { detail: _detail, ...generation } = options;
+    const { detail: _detail, decoded: _decoded, ...generation } = options;
     // One failed region stops the others at once, so no slot keeps generating for a failed request.
     const stopAll = new AbortController();
     const signal = generation.signal ? AbortSignal.any([generation.signal, stopAll.signal]) : stopAll.signal;

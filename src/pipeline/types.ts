@@ -1,4 +1,4 @@
-import type { Region } from "../vision/types.js";
+import type { Region, RgbImage } from "../vision/types.js";
 
 /** Sampling and stopping options of one answer. Temperature 0 = plain greedy decoding, no penalties. */
 export interface GenerationOptions {
@@ -43,6 +43,8 @@ export interface OpenConversationOptions {
   /** Earlier turns (e.g. from an OpenAI-style message history) to replay after the image. */
   history?: Turn[];
   systemPrompt?: string;
+  /** `image` already decoded by the caller (it must be exactly that decoding): saves a second decode. */
+  decoded?: RgbImage;
   /**
    * Cancels the wait for a conversation slot. A prefill already running is not interrupted: the
    * conversation is returned and the caller, seeing its signal fired, closes it.
@@ -72,7 +74,7 @@ export interface RegionVqaPipeline {
   captionRegions(
     image: Uint8Array,
     regions: Region[],
-    options?: GenerationOptions & { detail?: "short" | "long" },
+    options?: GenerationOptions & { detail?: "short" | "long"; decoded?: RgbImage },
   ): Promise<AnswerResult[]>;
   dispose(): Promise<void>;
 }

@@ -379,10 +379,16 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
               missing: "image_missing",
               undecodable: "image_undecodable",
             });
-        const { regions } = await resolveRegions(image, specs, config.limits);
+        const { regions, decoded, decodeSeconds } = await resolveRegions(image, specs, config.limits);
+        metrics.observeStage("decode", decodeSeconds);
         lease.throwIfAborted();
         // Built apart from the call: `signal` lets the pipeline give up waiting for an LLM slot.
-        const openOptions = { history: chat.history, systemPrompt: chat.systemPrompt, signal: lease.signal };
+        const openOptions = {
+          history: chat.history,
+          systemPrompt: chat.systemPrompt,
+          signal: lease.signal,
+          decoded,
+        };
         const conversation = await p.openConversation(image, regions[0], openOptions);
         try {
           return await complete(

@@ -150,12 +150,14 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
       // Cheap checks first; decoding and the models wait for a turn.
       const lease = await scheduler.admit(clientAbortSignal(request, reply));
       try {
-        const { regions } = await resolveRegions(image, specs, limits);
+        const { regions, decoded, decodeSeconds } = await resolveRegions(image, specs, limits);
+        metrics.observeStage("decode", decodeSeconds);
         lease.throwIfAborted();
         const results = await p.captionRegions(image, regions, {
           ...generation,
           signal: lease.signal,
           detail,
+          decoded,
         });
         let prompt = 0;
         let completion = 0;
@@ -275,7 +277,8 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
       let failed = true;
       try {
         if (!conversation) {
-          const { regions } = await resolveRegions(image!, specs, limits);
+          const { regions, decoded, decodeSeconds } = await resolveRegions(image!, specs, limits);
+          metrics.observeStage("decode", decodeSeconds);
           lease.throwIfAborted();
           // Built apart from the call: `signal` lets the pipeline give up waiting for an LLM slot.
           const openOptions = {
@@ -284,6 +287,7 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
                 ? body.system_prompt
                 : undefined,
             signal: lease.signal,
+            decoded,
           };
           conversation = await p.openConversation(image!, regions[0], openOptions);
           opened = true;
