@@ -52,6 +52,17 @@ async function main(): Promise<void> {
     precision: "fp32",
     name: "shapes-alpha-clip",
   });
+  // The manifest records where the checkpoint came from; keep that repo-relative so the shipped
+  // folder does not name the machine it was exported on.
+  const visionManifestPath = path.join(outDir, "vision", "manifest.json");
+  const visionManifest = JSON.parse(await readFile(visionManifestPath, "utf8")) as {
+    source?: { path?: string };
+  };
+  if (visionManifest.source?.path) {
+    visionManifest.source.path = path.relative(repoRoot, visionManifest.source.path);
+    await writeFile(visionManifestPath, `${JSON.stringify(visionManifest, null, 2)}
+`);
+  }
 
   // 2. Projector + LM weights from the hand-written safetensors files.
   const sd = openStateDict(path.join(trained, "llava.safetensors"));

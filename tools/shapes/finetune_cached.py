@@ -14,6 +14,13 @@ come from --src), so a rerun on the same CPU gives the same model.
 Answer format for yes/no (`--yes-no`): "fact-first" = "It is a star, so the answer is no." (the truth
 is emitted first, so the verdict token can compare two words already in the context), or
 "verdict-first" = "No, it is a star." (the shipped model's format). src/shapes/check.ts accepts both.
+Scaffolding for the comparison (`--probe-weight`, `--attn-weight`): with exactly half "yes", the verdict
+depends only on whether the asked word equals the truth, and that loss alone gives no first-order
+gradient to either half of the comparison, so it sat at "always yes". Two training-only losses give it:
+linear probes on the hidden state after `--probe-layer` layers at the verdict position name the asked
+word and the region's true colour and shape, and one attention head (`--attn-layer`, `--attn-head`) is
+taught to look at the asked word from there. With both, the LM's own MLPs learn the equality in a
+few hundred steps. The probes are not saved; the model stays a plain LLaMA.
 Follow-up turns (`--followup P`): with probability P a second question follows the first
 answer's </s> as ` USER: {q2} ASSISTANT:` and only the second answer is scored, so later turns of a
 conversation answer their own question.
@@ -43,6 +50,17 @@ WEIGHTS = {
 WHOLE_SHARE = 0.15  # regions that are the whole image (asked how many objects)
 VERDICT_WEIGHT = 3.0
 EVAL_PRIOR = False  # --eval-prior: draw the asked word as the evaluation does
+# Scaffolding probes (--probe-weight): linear heads on the hidden state after layer PROBE_LAYER at the
+# position that emits the verdict, trained to name the asked word and the region's true colour and
+# shape. They give first-order gradient to the two halves of the comparison, which the verdict loss
+# alone cannot (see the module docstring); they are dropped when the model is saved.
+PROBE_LAYER = 2
+PROBE_WEIGHT = 0.0
+# Attention supervision (--attn-weight): head ATTN_HEAD of layer ATTN_LAYER (0-based) is taught to look
+# at the asked word from the verdict position, the retrieval the probes alone left at ~40 %.
+ATTN_LAYER, ATTN_HEAD, ATTN_WEIGHT = 1, 3, 0.0
+QUESTION_MARK = 29973  # "?" in the LLaMA vocabulary (checked against tokens.json at start)
+WORDS = list(world.SHAPES) + list(world.COLOUR_NAMES)  # the asked word's classes
 
 
 def answer_text(qtype: str, truth: dict, asked: str | None, yes_no: str) -> str:
@@ -132,9 +150,70 @@ def sample_question(rng: np.random.RandomState, truth: dict, qtype: str | None =
     return qtype, question, asked
 
 
-def step_loss(lm, toks, img_tokens, examples, followups):
+class Probes(torch.nn.Module):
+    """Asked word (10 classes), true colour (6) and true shape (4) from one hidden state."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.asked = torch.nn.Linear(dim, len(WORDS))
+        self.colour = torch.nn.Linear(dim, len(world.COLOUR_NAMES))
+        self.shape = torch.nn.Linear(dim, len(world.SHAPES))
+
+    def loss(self, h, labels):
+        """h [N, D]; labels [N, 3] (asked, colour, shape) -> (summed cross-entropy, accuracies)."""
+        total, accs = 0.0, []
+        for head, lab in zip((self.asked, self.colour, self.shape), labels.t()):
+            out = head(h)
+            total = total + F.cross_entropy(out, lab)
+            accs.append(float((out.argmax(-1) == lab).float().mean()))
+        return total, accs
+
+
+def layer_with_probs(block, x, pos, past):
+    """train.LlamaLayer.forward, also returning the attention probabilities [B, H, T, P+T]."""
+    b, t, d = x.shape
+    hd = d // block.heads
+    h = block.attn_norm(x)
+    q = block.attn_q(h).reshape(b, t, block.heads, hd).transpose(1, 2)
+    k = block.attn_k(h).reshape(b, t, block.heads, hd).transpose(1, 2)
+    v = block.attn_v(h).reshape(b, t, block.heads, hd).transpose(1, 2)
+    q, k = train.rope_pairs(q, pos, block.base), train.rope_pairs(k, pos, block.base)
+    k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
+    v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+    p = k.shape[2] - t
+    scores = (q @ k.transpose(-1, -2)) * hd**-0.5
+    causal = torch.ones(t, p + t, dtype=torch.bool).tril(diagonal=p)
+    probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+    x = x + block.attn_output((probs @ v).transpose(1, 2).reshape(b, t, d))
+    h = block.ffn_norm(x)
+    return x + block.ffn_down(F.silu(block.ffn_gate(h)) * block.ffn_up(h)), probs
+
+
+def lm_forward_with_probe(lm, x, start, past, layer):
+    """LlamaLM.forward that also returns the hidden state after `layer` layers and the attention
+    probabilities of layer ATTN_LAYER (0-based)."""
+    pos = torch.arange(start, start + x.shape[1])
+    mid = probs = None
+    for i, block in enumerate(lm.layers):
+        if i == ATTN_LAYER and ATTN_WEIGHT > 0:
+            x, probs = layer_with_probs(block, x, pos, past[i])
+        else:
+            x, _ = block(x, pos, None if past is None else past[i])
+        if i + 1 == layer:
+            mid = x
+    return x, mid, probs
+
+
+def probe_labels(truth: dict, asked: str | None):
+    if asked is None:
+        return None
+    return (WORDS.index(asked), world.COLOUR_NAMES.index(truth["colour"]), world.SHAPES.index(truth["shape"]))
+
+
+def step_loss(lm, toks, img_tokens, examples, followups, probes=None, labels=None):
     """examples: [(question ids, answer ids)], followups: [None | (first q ids, first a ids)] where the
-    scored turn comes after a first turn (its answer ids end with </s>)."""
+    scored turn comes after a first turn (its answer ids end with </s>). With `probes`, `labels` holds
+    probe_labels() per example (None for other question types) -> (loss, probe accuracies or None)."""
     prefix_ids = toks["prefix"]
     prefix = lm.token_embd(torch.tensor(prefix_ids))[None]
     _, past = lm(prefix, 0)
@@ -151,13 +230,32 @@ def step_loss(lm, toks, img_tokens, examples, followups):
     t = max(len(s) for s in seqs)
     ids = torch.tensor([s + [0] * (t - len(s)) for s in seqs])
     x = torch.cat([img_tokens, lm.token_embd(ids)], dim=1)
-    h, _ = lm(x, len(prefix_ids), past)
+    h, mid, probs = lm_forward_with_probe(lm, x, len(prefix_ids), past, PROBE_LAYER)
     rows = torch.tensor([i for i, tl in enumerate(targets_at) for _ in tl])
     cols = torch.tensor([p for tl in targets_at for p in tl])
     logits = lm.logits(h[rows, cols])
     tgt = torch.tensor([tok for a in targets for tok in a])
     w = torch.tensor(weights)
-    return (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
+    loss = (F.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
+    keep = [i for i, lab in enumerate(labels or []) if lab is not None and examples[i][2] >= 0]
+    if probes is None or not keep:
+        return loss, None
+    rows = torch.tensor(keep)
+    at = torch.tensor([targets_at[i][examples[i][2]] for i in keep])
+    probe_loss, accs = probes.loss(mid[rows, at], torch.tensor([labels[i] for i in keep]))
+    loss = loss + PROBE_WEIGHT * probe_loss
+    if probs is not None:
+        # Attention supervision: at the verdict position, head ATTN_HEAD looks at the asked word
+        # (its last piece, just before "?" in every yes/no template).
+        word_at = []
+        for i in keep:
+            q = examples[i][0]
+            assert q[-6] == QUESTION_MARK, "yes/no question ids must end with '? ASSISTANT:'"
+            word_at.append(len(prefix_ids) + g + len(followups[i] or []) + len(q) - 7)
+        p = probs[rows, ATTN_HEAD, at, torch.tensor(word_at)]
+        accs.append(float(p.mean()))
+        loss = loss + ATTN_WEIGHT * -torch.log(p + 1e-6).mean()
+    return loss, accs
 
 
 def make_example(rng, truth, toks, turn_ids, yes_no, followup_p, qtype=None):
@@ -246,6 +344,11 @@ def main():
     ap.add_argument("--yes-no-share", type=float, default=1.5, help="sampling weight of each yes/no type")
     ap.add_argument("--eval-prior", action="store_true", help="asked words drawn as the evaluation draws them")
     ap.add_argument("--followup", type=float, default=0.0, help="share of examples scored as a second turn")
+    ap.add_argument("--probe-weight", type=float, default=0.0, help="loss weight of the scaffolding probes")
+    ap.add_argument("--probe-layer", type=int, default=2, help="probes read the state after this many layers")
+    ap.add_argument("--attn-weight", type=float, default=0.0, help="loss weight of the attention supervision")
+    ap.add_argument("--attn-layer", type=int, default=1, help="0-based layer of the supervised head")
+    ap.add_argument("--attn-head", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=0)
@@ -254,9 +357,12 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    global VERDICT_WEIGHT, EVAL_PRIOR
+    global VERDICT_WEIGHT, EVAL_PRIOR, PROBE_LAYER, PROBE_WEIGHT
     VERDICT_WEIGHT = args.verdict_weight
     EVAL_PRIOR = args.eval_prior
+    PROBE_LAYER, PROBE_WEIGHT = args.probe_layer, args.probe_weight
+    global ATTN_LAYER, ATTN_HEAD, ATTN_WEIGHT
+    ATTN_LAYER, ATTN_HEAD, ATTN_WEIGHT = args.attn_layer, args.attn_head, args.attn_weight
     WEIGHTS["is_shape"] = WEIGHTS["is_colour"] = args.yes_no_share
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
@@ -290,27 +396,30 @@ def main():
     lm.train()
     for p in list(vision.parameters()) + list(projector.parameters()):
         p.requires_grad_(False)
+    probes = Probes(c["lm_dim"]) if PROBE_WEIGHT > 0 else None  # created after the seed: reproducible
     params = list(lm.parameters())
-    opt = torch.optim.AdamW(params, weight_decay=0.0)
+    opt = torch.optim.AdamW(params + (list(probes.parameters()) if probes else []), weight_decay=0.0)
     if args.eval_every <= args.steps:
         say(f"before: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
     rng = np.random.RandomState(args.seed)
     for step in range(args.steps):
         picks = rng.randint(len(truths), size=args.batch)
-        examples, followups = [], []
+        examples, followups, labels = [], [], []
         for r in picks:
-            ex, fu, _, _ = make_example(rng, truths[r], toks, turn_ids, args.yes_no, args.followup)
+            ex, fu, _, asked = make_example(rng, truths[r], toks, turn_ids, args.yes_no, args.followup)
             examples.append(ex)
             followups.append(fu)
+            labels.append(probe_labels(truths[r], asked))
         for g in opt.param_groups:
             g["lr"] = train.cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
-        loss = step_loss(lm, toks, cache[torch.from_numpy(picks)], examples, followups)
+        loss, accs = step_loss(lm, toks, cache[torch.from_numpy(picks)], examples, followups, probes, labels)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 10 == 0:
-            say(f"step {step} loss {loss.item():.4f}")
+            probe = "" if accs is None else " probes (asked, colour, shape, attn) " + " ".join(f"{a:.2f}" for a in accs)
+            say(f"step {step} loss {loss.item():.4f}{probe}")
         last = step == args.steps - 1 or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
         if (step + 1) % args.eval_every == 0 or last:
             say(f"step {step} held-out: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
