@@ -60,8 +60,11 @@ async function main(): Promise<void> {
   };
   if (visionManifest.source?.path) {
     visionManifest.source.path = path.relative(repoRoot, visionManifest.source.path);
-    await writeFile(visionManifestPath, `${JSON.stringify(visionManifest, null, 2)}
-`);
+    await writeFile(
+      visionManifestPath,
+      `${JSON.stringify(visionManifest, null, 2)}
+`,
+    );
   }
 
   // 2. Projector + LM weights from the hand-written safetensors files.

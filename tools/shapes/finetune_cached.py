@@ -94,8 +94,10 @@ def verdict_index(answer_ids: list[int], answer: str) -> int:
 
 
 @torch.no_grad()
-def build_cache(vision, projector, c, seed: int, scene_seed: int, first: int, count: int, threads: int):
-    """Image tokens [N, 64, D] and truths for `count` regions of scenes first..first+count-1."""
+def build_cache(vision, projector, c, seed: int, scene_seed: int, first: int, count: int, threads: int, whole_share=None):
+    """Image tokens [N, 64, D] and truths for `count` regions of scenes first..first+count-1
+    (`whole_share` of them the whole image; default WHOLE_SHARE)."""
+    whole = WHOLE_SHARE if whole_share is None else whole_share
     torch.set_num_threads(threads)
     tokens, truths = [], []
     size = c["image_size"]
@@ -108,9 +110,9 @@ def build_cache(vision, projector, c, seed: int, scene_seed: int, first: int, co
             k = rng.randint(len(scene.objects))
             obj = scene.objects[k]
             u = rng.rand()
-            if u < WHOLE_SHARE:
+            if u < whole:
                 mask, kind = None, "whole"
-            elif u < WHOLE_SHARE + (1 - WHOLE_SHARE) * 0.75:
+            elif u < whole + (1 - whole) * 0.75:
                 mask, kind = masks[k], "mask"
             else:
                 mask, kind = world.box_mask(scene, obj), "box"
@@ -349,6 +351,9 @@ def main():
     ap.add_argument("--attn-weight", type=float, default=0.0, help="loss weight of the attention supervision")
     ap.add_argument("--attn-layer", type=int, default=1, help="0-based layer of the supervised head")
     ap.add_argument("--attn-head", type=int, default=3)
+    ap.add_argument("--count-regions", type=int, default=0, help="size of an extra pool of whole-image regions")
+    ap.add_argument("--count-share", type=float, default=0.0, help="share of examples drawn from that pool")
+    ap.add_argument("--freeze", default="", help="comma-separated LM parameter prefixes to keep, e.g. token_embd,layers.0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=0)
@@ -391,28 +396,59 @@ def main():
         ev_cache, ev_truths = build_cache(vision, projector, c, args.seed + 1, 5000, 0, args.eval_regions, args.threads)
         torch.save((cache, truths, ev_cache, ev_truths), cache_path)
     say(f"cache: {len(truths)} training regions, {len(ev_truths)} held-out regions (scene seed 5000)")
+    # Optional pool of whole-image regions for counting (the main pool has few: counting needs many
+    # scenes, not many questions), with its own held-out set (scene seed 6000) large enough to measure.
+    count_cache = count_truths = count_ev = count_ev_truths = None
+    if args.count_regions > 0:
+        count_path = os.path.join(os.path.dirname(cache_path), f"count-{args.seed}-{args.count_regions}.pt")
+        if os.path.exists(count_path):
+            count_cache, count_truths, count_ev, count_ev_truths = torch.load(count_path)
+        else:
+            count_cache, count_truths = build_cache(vision, projector, c, args.seed + 2, args.scene_seed, 31_000_000, args.count_regions, args.threads, 1.0)  # fmt: skip
+            count_ev, count_ev_truths = build_cache(vision, projector, c, args.seed + 3, 6000, 0, 300, args.threads, 1.0)
+            torch.save((count_cache, count_truths, count_ev, count_ev_truths), count_path)
+        say(f"count pool: {len(count_truths)} whole-image regions, {len(count_ev_truths)} held-out (scene seed 6000)")
+
+    def held_out():
+        result = quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)
+        if count_ev is not None:
+            result["count_pool"] = quick_eval(lm, toks, pieces, count_ev, count_ev_truths, 98)["count"]
+        return result
+
     if args.cache_only:
         return
     lm.train()
     for p in list(vision.parameters()) + list(projector.parameters()):
         p.requires_grad_(False)
+    # --freeze: LM parameters kept as they are (name prefixes). Counting lives mostly in layer 0's
+    # heads (zeroing any of them costs 17-87 points), and it is what a yes/no fine-tune erodes first.
+    frozen = [f for f in args.freeze.split(",") if f]
+    for name, p in lm.named_parameters():
+        if any(name == f or name.startswith(f + ".") for f in frozen):
+            p.requires_grad_(False)
     probes = Probes(c["lm_dim"]) if PROBE_WEIGHT > 0 else None  # created after the seed: reproducible
-    params = list(lm.parameters())
+    params = [p for p in lm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params + (list(probes.parameters()) if probes else []), weight_decay=0.0)
     if args.eval_every <= args.steps:
-        say(f"before: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
+        say(f"before: {held_out()}")
     rng = np.random.RandomState(args.seed)
     for step in range(args.steps):
         picks = rng.randint(len(truths), size=args.batch)
-        examples, followups, labels = [], [], []
+        examples, followups, labels, images = [], [], [], []
         for r in picks:
-            ex, fu, _, asked = make_example(rng, truths[r], toks, turn_ids, args.yes_no, args.followup)
+            if count_cache is not None and rng.rand() < args.count_share:
+                k = rng.randint(len(count_truths))
+                truth, image = count_truths[k], count_cache[k]
+            else:
+                truth, image = truths[r], cache[r]
+            ex, fu, _, asked = make_example(rng, truth, toks, turn_ids, args.yes_no, args.followup)
             examples.append(ex)
             followups.append(fu)
-            labels.append(probe_labels(truths[r], asked))
+            labels.append(probe_labels(truth, asked))
+            images.append(image)
         for g in opt.param_groups:
             g["lr"] = train.cosine_lr(step, args.steps, args.lr, warmup=args.warmup)
-        loss, accs = step_loss(lm, toks, cache[torch.from_numpy(picks)], examples, followups, probes, labels)
+        loss, accs = step_loss(lm, toks, torch.stack(images), examples, followups, probes, labels)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -422,7 +458,7 @@ def main():
             say(f"step {step} loss {loss.item():.4f}{probe}")
         last = step == args.steps - 1 or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
         if (step + 1) % args.eval_every == 0 or last:
-            say(f"step {step} held-out: {quick_eval(lm, toks, pieces, ev_cache, ev_truths, 99)}")
+            say(f"step {step} held-out: {held_out()}")
             train.save(c, vision, projector, lm, args.out)
         if last:
             break
