@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_MODEL_DIR, resolveModelOptions } from "../src/cli/model-options.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { decodeMaskImage } from "../src/vision/index.js";
-import { evaluateShapes } from "../src/shapes/index.js";
+import { evaluateShapes, type ShapesEvalRecord } from "../src/shapes/index.js";
 
 /**
  * The bundled default model (models/shapes, trained by tools/shapes) answers region questions about
@@ -39,12 +39,14 @@ describe("bundled shapes model", () => {
     expect(answer.finishReason).toBe("stop");
   }, 60_000);
 
-  it("gets colour, shape, position and count right on fresh scenes, and follows the region", async () => {
+  it("gets colour, shape, position, count and yes/no right on fresh scenes, and follows the region", async () => {
+    const records: ShapesEvalRecord[] = [];
     const result = await evaluateShapes(pipeline, {
       scenes: 6,
       seed: 31337,
-      types: ["colour", "shape", "where", "count"],
+      types: ["colour", "shape", "where", "count", "is_shape", "is_colour"],
       wholeImageColour: true,
+      onAnswer: (record) => records.push(record),
     });
     const acc = (k: string) => result.perCategory[k].correct / result.perCategory[k].total;
     expect(result.perCategory.colour.total).toBe(6);
@@ -52,6 +54,14 @@ describe("bundled shapes model", () => {
     expect(acc("shape")).toBeGreaterThanOrEqual(5 / 6);
     expect(acc("where")).toBeGreaterThanOrEqual(5 / 6);
     expect(acc("count")).toBeGreaterThanOrEqual(4 / 6);
+    // Yes/no needs the asked word compared with the region: a model answering "yes" to everything
+    // (the first trained model did) gets only the questions that name the truth right.
+    expect(acc("is_shape")).toBeGreaterThanOrEqual(5 / 6);
+    expect(acc("is_colour")).toBeGreaterThanOrEqual(5 / 6);
+    const rightNo = records.filter(
+      (r) => r.category.startsWith("is_") && r.correct && /^no\b/i.test(r.answer),
+    );
+    expect(rightNo.length).toBeGreaterThanOrEqual(2);
     // Asked about the whole image instead of the object, the colour answer no longer tracks the object.
     expect(acc("colour_whole")).toBeLessThan(acc("colour"));
   }, 180_000);
