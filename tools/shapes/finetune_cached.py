@@ -59,29 +59,8 @@ PROBE_WEIGHT = 0.0
 # Attention supervision (--attn-weight): head ATTN_HEAD of layer ATTN_LAYER (0-based) is taught to look
 # at the asked word from the verdict position, the retrieval the probes alone left at ~40 %.
 ATTN_LAYER, ATTN_HEAD, ATTN_WEIGHT = 1, 3, 0.0
-QUESTION_MARK = 29973  # "?" in the LLaMA vocabulary (checked against tokens.json at start)
+QUESTION_MARK = 29973  # "?" in the LLaMA vocabulary (asserted on every supervised question)
 WORDS = list(world.SHAPES) + list(world.COLOUR_NAMES)  # the asked word's classes
-
-
-def answer_text(qtype: str, truth: dict, asked: str | None, yes_no: str) -> str:
-    if qtype == "count":
-        return f"There are {truth['count']} objects."
-    if qtype == "colour":
-        return f"It is {truth['colour']}."
-    if qtype == "shape":
-        return f"It is a {truth['shape']}."
-    if qtype in ("what", "describe"):
-        return f"It is a {truth['colour']} {truth['shape']}."
-    if qtype == "where":
-        return world.position_phrase(truth["position"])
-    key = "shape" if qtype == "is_shape" else "colour"
-    fact = f"a {truth['shape']}" if key == "shape" else truth["colour"]
-    yes = asked == truth[key]
-    if yes_no == "fact-first":
-        return f"It is {fact}, so the answer is {'yes' if yes else 'no'}."
-    if yes_no == "fact-verdict":
-        return f"It is {fact}, {'yes' if yes else 'no'}."
-    return f"{'Yes' if yes else 'No'}, it is {fact}."
 
 
 def verdict_index(answer_ids: list[int], answer: str) -> int:
@@ -262,44 +241,17 @@ def step_loss(lm, toks, img_tokens, examples, followups, probes=None, labels=Non
 
 def make_example(rng, truth, toks, turn_ids, yes_no, followup_p, qtype=None):
     qtype, question, asked = sample_question(rng, truth, qtype)
-    answer = answer_text(qtype, truth, asked, yes_no)
+    answer = world.answer_for(qtype, truth, asked, yes_no)
     a = toks["answers"][answer]
     q = toks["questions"][question]
     fu = None
     if followup_p > 0 and rng.rand() < followup_p and truth["kind"] != "whole":
         qt1, q1, asked1 = sample_question(rng, truth)
-        a1 = toks["answers"][answer_text(qt1, truth, asked1, yes_no)]
+        a1 = toks["answers"][world.answer_for(qt1, truth, asked1, yes_no)]
         # Turn 2 follows "</s>" as " USER: {q2} ASSISTANT:" (REFERENCE.md section 3).
         fu = toks["questions"][q1] + a1 + [toks["eos"]]
         q = turn_ids[question]
     return (q, a + [toks["eos"]], verdict_index(a, answer)), fu, qtype, asked
-
-
-@torch.no_grad()
-def greedy(lm, toks, img_tokens, q_ids, max_new=16):
-    """Greedy answers (token ids) for a batch sharing one question token sequence length."""
-    prefix_ids = toks["prefix"]
-    _, past = lm(lm.token_embd(torch.tensor(prefix_ids))[None], 0)
-    b = img_tokens.shape[0]
-    past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
-    x = torch.cat([img_tokens, lm.token_embd(torch.tensor(q_ids))], dim=1)
-    h, past = lm(x, len(prefix_ids), past)
-    pos = len(prefix_ids) + x.shape[1]
-    out, done = [[] for _ in range(b)], [False] * b
-    nxt = lm.logits(h[:, -1]).argmax(-1)
-    for _ in range(max_new):
-        for i in range(b):
-            if not done[i]:
-                if int(nxt[i]) == toks["eos"]:
-                    done[i] = True
-                else:
-                    out[i].append(int(nxt[i]))
-        if all(done):
-            break
-        h, past = lm(lm.token_embd(nxt[:, None]), pos, past)
-        pos += 1
-        nxt = lm.logits(h[:, -1]).argmax(-1)
-    return out
 
 
 def quick_eval(lm, toks, pieces, cache, truths, seed):
@@ -319,7 +271,7 @@ def quick_eval(lm, toks, pieces, cache, truths, seed):
         for s in range(0, len(group), 128):
             batch = group[s : s + 128]
             q_ids = [toks["questions"][it[2]] for it in batch]
-            outs = greedy(lm, toks, cache[[it[0] for it in batch]], q_ids)
+            outs = train.greedy_answers(lm, toks, cache[[it[0] for it in batch]], q_ids)
             for (r, qt, _, asked), ids in zip(batch, outs):
                 t = dict(truths[r], asked=asked)
                 ok = world.check_answer(qt, train.decode(pieces, ids), t)

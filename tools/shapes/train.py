@@ -679,12 +679,17 @@ def generate(vision, projector, lm, toks, items, device, max_new=16):
     """Greedy answers for items whose questions have the same token length (one batch)."""
     image, alpha, _ = stack_vision(items, device)
     feats, _ = vision(image, alpha)
-    img_tokens = projector(feats)
+    return greedy_answers(lm, toks, projector(feats), [toks["questions"][it["question"]] for it in items], max_new)
+
+
+@torch.no_grad()
+def greedy_answers(lm, toks, img_tokens, q_ids, max_new=16):
+    """Greedy answer token ids for image tokens [B, G, D] and B question id lists of one length."""
+    device = img_tokens.device
     prefix_ids = toks["prefix"]
     _, past = lm(lm.token_embd(torch.tensor(prefix_ids, device=device))[None], 0)
-    q = torch.tensor([toks["questions"][it["question"]] for it in items], device=device)
-    x = torch.cat([img_tokens, lm.token_embd(q)], dim=1)
-    b = len(items)
+    x = torch.cat([img_tokens, lm.token_embd(torch.tensor(q_ids, device=device))], dim=1)
+    b = img_tokens.shape[0]
     past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in past]
     h, past = lm(x, len(prefix_ids), past)
     pos = len(prefix_ids) + x.shape[1]

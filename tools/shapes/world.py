@@ -303,23 +303,41 @@ def position_phrase(position: str) -> str:
     return f"It is in the {position} of the image." if position == "centre" else f"It is at the {position} of the image."
 
 
-def make_answer(qtype: str, obj: SceneObject | None, scene: Scene, asked: str | None) -> str:
+YES_NO_FORMATS = ("verdict-first", "fact-first", "fact-verdict")
+
+
+def answer_for(qtype: str, truth: dict, asked: str | None = None, yes_no: str = "verdict-first") -> str:
+    """The answer text for a region with `truth` (colour, shape, position name, count). `yes_no` is
+    the yes/no format: "No, it is a star." (verdict-first, the world's own), "It is a star, so the
+    answer is no." (fact-first) or "It is a star, no." (fact-verdict)."""
     if qtype == "count":
-        return f"There are {len(scene.objects)} objects."
-    assert obj is not None
+        return f"There are {truth['count']} objects."
     if qtype == "colour":
-        return f"It is {obj.colour}."
+        return f"It is {truth['colour']}."
     if qtype == "shape":
-        return f"It is a {obj.shape}."
+        return f"It is a {truth['shape']}."
     if qtype in ("what", "describe"):
-        return f"It is a {obj.colour} {obj.shape}."
-    if qtype == "is_shape":
-        return f"Yes, it is a {obj.shape}." if asked == obj.shape else f"No, it is a {obj.shape}."
-    if qtype == "is_colour":
-        return f"Yes, it is {obj.colour}." if asked == obj.colour else f"No, it is {obj.colour}."
+        return f"It is a {truth['colour']} {truth['shape']}."
     if qtype == "where":
-        return position_phrase(position_name(obj, scene.width, scene.height))
-    raise ValueError(qtype)
+        return position_phrase(truth["position"])
+    if qtype not in ("is_shape", "is_colour"):
+        raise ValueError(qtype)
+    key = "shape" if qtype == "is_shape" else "colour"
+    fact = f"a {truth['shape']}" if key == "shape" else truth["colour"]
+    verdict = "yes" if asked == truth[key] else "no"
+    if yes_no == "fact-first":
+        return f"It is {fact}, so the answer is {verdict}."
+    if yes_no == "fact-verdict":
+        return f"It is {fact}, {verdict}."
+    return f"{verdict.capitalize()}, it is {fact}."
+
+
+def make_answer(qtype: str, obj: SceneObject | None, scene: Scene, asked: str | None) -> str:
+    truth: dict = {"count": len(scene.objects)}
+    if qtype != "count":
+        assert obj is not None
+        truth.update(colour=obj.colour, shape=obj.shape, position=position_name(obj, scene.width, scene.height))
+    return answer_for(qtype, truth, asked)
 
 
 def all_texts() -> tuple[list[str], list[str]]:
@@ -335,25 +353,18 @@ def all_texts() -> tuple[list[str], list[str]]:
                 questions.append(t)
     answers = set()
     for c in COLOUR_NAMES:
-        answers.add(f"It is {c}.")
-        answers.add(f"Yes, it is {c}.")
-        answers.add(f"No, it is {c}.")
-        for v in ("yes", "no"):
-            answers.add(f"It is {c}, so the answer is {v}.")
-            answers.add(f"It is {c}, {v}.")
         for s in SHAPES:
-            answers.add(f"It is a {c} {s}.")
-    for s in SHAPES:
-        answers.add(f"It is a {s}.")
-        answers.add(f"Yes, it is a {s}.")
-        answers.add(f"No, it is a {s}.")
-        for v in ("yes", "no"):
-            answers.add(f"It is a {s}, so the answer is {v}.")
-            answers.add(f"It is a {s}, {v}.")
+            truth = {"colour": c, "shape": s}
+            answers.add(answer_for("what", truth))
+            answers.add(answer_for("colour", truth))
+            answers.add(answer_for("shape", truth))
+            for qtype in ("is_shape", "is_colour"):
+                for asked in (s if qtype == "is_shape" else c, None):  # a "yes" and a "no"
+                    answers.update(answer_for(qtype, truth, asked, f) for f in YES_NO_FORMATS)
     for p in POSITIONS:
-        answers.add(position_phrase(p))
+        answers.add(answer_for("where", {"position": p}))
     for n in range(0, 6):
-        answers.add(f"There are {n} objects.")
+        answers.add(answer_for("count", {"count": n}))
     return questions, sorted(answers)
 
 
