@@ -124,31 +124,26 @@ async function one(kind: Kind, n: number, tally: Tally): Promise<void> {
   }
 }
 
+const newTally = (): Tally => ({
+  sent: 0,
+  ok: 0,
+  overloaded: 0,
+  overloadedWithoutRetryAfter: 0,
+  other: [],
+  latenciesMs: [],
+});
+
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 
 it("30 s of mixed load above the queue bound: only 2xx and intended 503s, bounded memory", async () => {
   // Warm up (first encodes, first conversations), then measure from a settled state.
-  const warm: Tally = {
-    sent: 0,
-    ok: 0,
-    overloaded: 0,
-    overloadedWithoutRetryAfter: 0,
-    other: [],
-    latenciesMs: [],
-  };
+  const warm = newTally();
   for (let i = 0; i < kinds.length * 2; i++) await one(kinds[i % kinds.length], i, warm);
   expect(warm.other).toEqual([]);
   const rssBefore = process.memoryUsage().rss;
 
-  const tally: Tally = {
-    sent: 0,
-    ok: 0,
-    overloaded: 0,
-    overloadedWithoutRetryAfter: 0,
-    other: [],
-    latenciesMs: [],
-  };
+  const tally = newTally();
   const started = performance.now();
   let n = 0;
   await Promise.all(

@@ -211,14 +211,14 @@ interface Case {
 const ask = (fields: Record<string, unknown>) =>
   postJson("/v1/regions/ask", { question: "What is it?", ...fields });
 const caption = (fields: Record<string, unknown>) => postJson("/v1/regions/caption", fields);
-const chat = (fields: Record<string, unknown>) =>
+const chat = (fields: Record<string, unknown>, imageUrl: string = image) =>
   postJson("/v1/chat/completions", {
     messages: [
       {
         role: "user",
         content: [
           { type: "text", text: "What is it?" },
-          { type: "image_url", image_url: { url: image } },
+          { type: "image_url", image_url: { url: imageUrl } },
         ],
       },
     ],
@@ -579,34 +579,12 @@ const cases: Case[] = [
   },
   {
     name: "remote image URL to a metadata service (SSRF)",
-    run: () =>
-      postJson("/v1/chat/completions", {
-        messages: [
-          {
-            role: "user",
-            content: [
-              { type: "text", text: "Q" },
-              { type: "image_url", image_url: { url: "http://169.254.169.254/latest/meta-data" } },
-            ],
-          },
-        ],
-      }),
+    run: () => chat({}, "http://169.254.169.254/latest/meta-data"),
     expect: { status: 403, code: "remote_fetch_forbidden" },
   },
   {
     name: "file:// image URL",
-    run: () =>
-      postJson("/v1/chat/completions", {
-        messages: [
-          {
-            role: "user",
-            content: [
-              { type: "text", text: "Q" },
-              { type: "image_url", image_url: { url: "file:///etc/passwd" } },
-            ],
-          },
-        ],
-      }),
+    run: () => chat({}, "file:///etc/passwd"),
     expect: { status: 400, code: "image_undecodable" },
   },
   // Broken HTTP on a raw socket.
