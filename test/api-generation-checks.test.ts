@@ -4,7 +4,15 @@
  * small test models, real HTTP on loopback.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dataUrl, json, makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import {
+  dataUrl,
+  json,
+  makeImage,
+  realPipeline,
+  startServer,
+  type RunningServer,
+  postJson,
+} from "./api-support.js";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 
 let pipeline: LocalRegionVqaPipeline;
@@ -21,12 +29,7 @@ afterAll(async () => {
   await pipeline?.dispose();
 });
 
-const post = (path: string, body: unknown) =>
-  fetch(`${server.url}${path}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
+const post = (path: string, body: unknown) => postJson(server, path, body);
 
 /** Vision-cache lookups so far: every request that reaches the models makes at least one. */
 const lookups = () => pipeline.stats().cache.hits + pipeline.stats().cache.misses;

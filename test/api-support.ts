@@ -104,6 +104,15 @@ export async function realPipeline(metrics?: ServerMetrics): Promise<LocalRegion
   });
 }
 
+/** POST `body` as JSON to `path` on a running server. */
+export function postJson(server: RunningServer, path: string, body: unknown): Promise<Response> {
+  return fetch(`${server.url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
 /** A response's JSON body, loosely typed for assertions. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export async function json(response: Response): Promise<any> {

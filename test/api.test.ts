@@ -10,6 +10,7 @@ import {
   json,
   makeImage,
   makeMask,
+  postJson,
   readSse,
   realPipeline,
   startServer,
@@ -35,12 +36,7 @@ afterAll(async () => {
   await pipeline?.dispose();
 });
 
-const post = (path: string, body: unknown) =>
-  fetch(`${server.url}${path}`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
+const post = (path: string, body: unknown) => postJson(server, path, body);
 
 describe("ops endpoints", () => {
   it("answers /healthz, /readyz and /metrics", async () => {

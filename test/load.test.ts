@@ -6,7 +6,14 @@
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { dataUrl, makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import {
+  dataUrl,
+  makeImage,
+  postJson,
+  realPipeline,
+  startServer,
+  type RunningServer,
+} from "./api-support.js";
 
 const DURATION_MS = 30_000;
 const CLIENTS = 12;
@@ -99,11 +106,7 @@ async function one(kind: Kind, n: number, tally: Tally): Promise<void> {
   const started = performance.now();
   tally.sent++;
   try {
-    const response = await fetch(`${server.url}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
+    const response = await postJson(server, path, body);
     const text = await response.text();
     if (response.status === 200) {
       // A stream that ended in an error event is not a success.
