@@ -26,7 +26,7 @@ import {
 } from "../src/llm/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const vocabPath = path.resolve(repoRoot, "../shared/golden/ggml-vocab-llama-spm.gguf");
+const vocabPath = path.resolve(repoRoot, "test/fixtures/golden/ggml-vocab-llama-spm.gguf");
 
 function arg(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);

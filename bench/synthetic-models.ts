@@ -20,7 +20,7 @@ import { randomLlamaWeights, readLlamaVocabulary, seededRandom, writeLlamaGguf }
 import { writeMmprojGguf } from "../src/projector/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const vocabPath = path.resolve(repoRoot, "../shared/golden/ggml-vocab-llama-spm.gguf");
+const vocabPath = path.resolve(repoRoot, "test/fixtures/golden/ggml-vocab-llama-spm.gguf");
 
 /** Where generated benchmark models go: REGION_VQA_BENCH_DIR, else ~/.cache/region-vqa/bench. */
 export function benchModelsDir(env: NodeJS.ProcessEnv = process.env): string {

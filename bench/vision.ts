@@ -26,7 +26,7 @@ import {
 } from "../src/vision/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const golden = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny");
+const golden = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny");
 const cacheRoot = path.join(os.tmpdir(), "region-vqa-bench");
 
 function arg(name: string, fallback: string): string {

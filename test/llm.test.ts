@@ -23,7 +23,7 @@ import {
 } from "../src/llm/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const vocabPath = path.resolve(repoRoot, "../shared/golden/ggml-vocab-llama-spm.gguf");
+const vocabPath = path.resolve(repoRoot, "test/fixtures/golden/ggml-vocab-llama-spm.gguf");
 const cacheDir = path.join(os.tmpdir(), "region-vqa-llm-test-v1");
 const QUESTION = "What is in the highlighted region?";
 const DIM = 64;

@@ -8,7 +8,7 @@ import { maxAbsDiff } from "../src/common/tensor.js";
 import { readMmprojProjector } from "../src/projector/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MMPROJ = path.resolve(repoRoot, "../shared/golden/llava-projector-tiny/tiny-mmproj-f16.gguf");
+const MMPROJ = path.resolve(repoRoot, "test/fixtures/golden/llava-projector-tiny/tiny-mmproj-f16.gguf");
 const dir = mkdtempSync(path.join(tmpdir(), "projector-cli-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -49,7 +49,7 @@ describe("region-vqa convert-projector", () => {
 
   it("convert-vision --projector writes a fused folder", async () => {
     const out = path.join(dir, "fused");
-    const checkpoint = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
+    const checkpoint = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
     const stdout = vi.spyOn(process.stdout, "write").mockImplementation(() => true);
     const stderr = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
     let code: number;

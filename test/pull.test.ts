@@ -27,7 +27,7 @@ import {
 } from "./pull-helpers.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
-const golden = (p: string) => path.resolve(repoRoot, "../shared/golden", p);
+const golden = (p: string) => path.resolve(repoRoot, "test/fixtures/golden", p);
 async function goldenF32(name: string): Promise<Float32Array> {
   const buf = await readFile(golden(`alpha-clip-tiny/${name}.bin`));
   return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));

@@ -7,7 +7,7 @@ import { float16ArrayToFloat32, float32ArrayToFloat16 } from "../src/common/onnx
 import { openStateDict, ZipFile, type StateDict } from "../src/vision/checkpoint/index.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
-const goldenCkpt = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
+const goldenCkpt = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
 const fixtures = path.join(repoRoot, "test/fixtures/alpha-clip-w48");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "checkpoint-readers-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

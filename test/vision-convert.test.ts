@@ -25,7 +25,7 @@ import {
 } from "../src/vision/convert/index.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
-const golden = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny");
+const golden = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny");
 const goldenCkpt = path.join(golden, "tiny_alphaclip_visual.pth");
 const fixtures = path.join(repoRoot, "test/fixtures/alpha-clip-w48");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "convert-vision-"));

@@ -16,7 +16,7 @@ import {
 } from "../src/vision/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const golden = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny");
+const golden = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny");
 const manifest = JSON.parse(readFileSync(path.join(golden, "manifest.json"), "utf8")) as {
   config: { input_resolution: number };
   files: Record<string, { file: string; shape: number[]; dtype: string }>;

@@ -17,7 +17,7 @@ import {
 } from "../src/vision/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const golden = path.resolve(repoRoot, "../shared/golden/alpha-clip-tiny");
+const golden = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny");
 const testPng = new Uint8Array(readFileSync(path.join(golden, "test_image.png")));
 const testMaskPng = new Uint8Array(readFileSync(path.join(golden, "test_mask.png")));
 

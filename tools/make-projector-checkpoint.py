@@ -2,7 +2,7 @@
 """Writes a LLaVA-style PyTorch checkpoint holding the golden tiny projector, for the projector tests.
 
     /usr/bin/python3 tools/make-projector-checkpoint.py \
-        ../shared/golden/llava-projector-tiny/tiny-mmproj-f16.gguf test/fixtures/llava-projector
+        test/fixtures/golden/llava-projector-tiny/tiny-mmproj-f16.gguf test/fixtures/llava-projector
 
 Reads mm.0/mm.2 from the mmproj GGUF (a minimal GGUF v3 parse, F16/F32 only) and saves with torch.save:
   llava-projector-fp16.bin  {"model.mm_projector.{0,2}.{weight,bias}": fp16 weights / fp32 biases,

@@ -59,7 +59,7 @@ export interface LlamaGgufConfig {
   weightType?: "F32" | "F16";
 }
 
-/** Reads the vocabulary of a llama-SPM GGUF (e.g. ../shared/golden/ggml-vocab-llama-spm.gguf). */
+/** Reads the vocabulary of a llama-SPM GGUF (e.g. test/fixtures/golden/ggml-vocab-llama-spm.gguf). */
 export async function readLlamaVocabulary(ggufPath: string): Promise<LlamaVocabulary> {
   const info = await readGgufFileInfo(ggufPath, { readTensorInfo: false });
   const tokenizer = (info.metadata as { tokenizer?: { ggml?: Record<string, unknown> } }).tokenizer?.ggml;

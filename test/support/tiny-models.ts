@@ -13,7 +13,8 @@ import { randomLlamaWeights, readLlamaVocabulary, writeLlamaGguf } from "../../s
 import { convertVisionCheckpoint } from "../../src/vision/convert/index.js";
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-export const goldenDir = path.resolve(repoRoot, "../shared/golden");
+/** Golden data made by the reference implementations (see its README). */
+export const goldenDir = path.join(repoRoot, "test/fixtures/golden");
 export const goldenAlphaClip = path.join(goldenDir, "alpha-clip-tiny");
 
 export interface TinyModels {

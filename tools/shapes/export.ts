@@ -106,7 +106,7 @@ async function main(): Promise<void> {
   sd.close();
   embd.close();
   const vocab = await readLlamaVocabulary(
-    path.resolve(repoRoot, "../shared/golden/ggml-vocab-llama-spm.gguf"),
+    path.resolve(repoRoot, "test/fixtures/golden/ggml-vocab-llama-spm.gguf"),
   );
   await writeLlamaGguf(
     path.join(outDir, "llm", LLM_FILE),

@@ -16,7 +16,7 @@ async function main(): Promise<void> {
   const [textsPath, outPath] = process.argv.slice(2);
   if (!textsPath || !outPath) throw new Error("usage: tokenize.ts <texts.json> <tokens.json>");
   const texts = JSON.parse(await readFile(textsPath, "utf8")) as { questions: string[]; answers: string[] };
-  const vocab = path.resolve(import.meta.dirname, "../../../shared/golden/ggml-vocab-llama-spm.gguf");
+  const vocab = path.resolve(import.meta.dirname, "../../test/fixtures/golden/ggml-vocab-llama-spm.gguf");
   const llama = await getLlama({ gpu: false, build: "never" });
   const model = await llama.loadModel({ modelPath: vocab, vocabOnly: true });
   const tok = (text: string): number[] => Array.from(model.tokenize(text, false));

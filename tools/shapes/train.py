@@ -716,7 +716,7 @@ def load_pieces():
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    return read_gguf_tokens(os.path.join(HERE, "../../../shared/golden/ggml-vocab-llama-spm.gguf"))
+    return read_gguf_tokens(os.path.join(HERE, "../../test/fixtures/golden/ggml-vocab-llama-spm.gguf"))
 
 
 def evaluate(args):
@@ -765,7 +765,7 @@ def evaluate(args):
 def dump_texts(_args):
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "pieces.json"), "w") as f:
-        json.dump(read_gguf_tokens(os.path.join(HERE, "../../../shared/golden/ggml-vocab-llama-spm.gguf")), f)
+        json.dump(read_gguf_tokens(os.path.join(HERE, "../../test/fixtures/golden/ggml-vocab-llama-spm.gguf")), f)
     q, a = world.all_texts()
     with open(os.path.join(OUT, "texts.json"), "w") as f:
         json.dump({"questions": q, "answers": a}, f, indent=1)
