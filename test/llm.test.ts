@@ -28,7 +28,7 @@ const cacheDir = path.join(os.tmpdir(), "region-vqa-llm-test-v1");
 const QUESTION = "What is in the highlighted region?";
 const DIM = 64;
 
-// REFERENCE.md section 3.
+// docs/reference.md section 3.
 const REFERENCE_BEFORE = [
   1, 319, 13563, 1546, 263, 12758, 1404, 322, 385, 23116, 21082, 20255, 29889, 450, 20255, 4076, 8444, 29892,
   13173, 29892, 322, 1248, 568, 6089, 304, 278, 1404, 29915, 29879, 5155, 29889, 3148, 1001, 29901, 29871,

@@ -69,7 +69,7 @@ def make_weights(seed=1234):
 
 
 # nn.MultiheadAttention stores in_proj as `in_proj_weight` / `in_proj_bias`; the released Alpha-CLIP
-# checkpoints use a plain Linear `attn.in_proj.{weight,bias}` (REFERENCE.md section 1).
+# checkpoints use a plain Linear `attn.in_proj.{weight,bias}` (docs/reference.md section 1).
 def released_names(sd):
     out = {}
     for k, v in sd.items():

@@ -1,7 +1,8 @@
 /**
  * Writes LLaMA-architecture GGUF files (llama.cpp arch "llama") from plain Float32Arrays, for small test
  * models and for the bundled model's trainer. Weights are given in PyTorch order: a Linear weight is
- * [out, in] row-major, which GGUF stores as ggml ne = [in, out].
+ * [out, in] row-major, which GGUF stores as ggml ne = [in, out]. Keys, tensor names and the RoPE
+ * pair/half trap: docs/reference.md section 5.
  */
 import { readGgufFileInfo } from "node-llama-cpp";
 import { RegionVqaError } from "../common/errors.js";

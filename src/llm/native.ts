@@ -2,7 +2,7 @@
  * Bridge to the companion addon (native/embd_addon.cc) that decodes float embedding rows into a
  * node-llama-cpp context. node-llama-cpp 3.21.1 has no public API for this, so this module touches a
  * few of its private fields; every one is checked by `assertEmbeddingSupport` before use, and the
- * addon checks the C++ object layout before it dereferences anything.
+ * addon checks the C++ object layout before it dereferences anything (docs/reference.md section 5).
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";

@@ -1,5 +1,5 @@
 /**
- * LLaVA-1.5 prompt (conv template `vicuna_v1`, REFERENCE.md section 3):
+ * LLaVA-1.5 prompt (conv template `vicuna_v1`, docs/reference.md section 3):
  *   `{system} USER: <image>\n{question} ASSISTANT:` + answer + `</s>`, then ` USER: {question} ASSISTANT:` ...
  * Text chunks are tokenised separately (as LLaVA's tokenizer_image_token does around the image), BOS
  * once at the very start. Each piece below is tokenised on its own, so a conversation built turn by turn

@@ -1,5 +1,6 @@
 /**
- * The projector as ONNX nodes: MatMul + Add, exact GELU 0.5 * x * (1 + erf(x / sqrt 2)), MatMul + Add.
+ * The projector as ONNX nodes: MatMul + Add, exact GELU 0.5 * x * (1 + erf(x / sqrt 2)), MatMul + Add
+ * (LLaVA's `mlp2x_gelu`, docs/reference.md section 3; llama.cpp's tanh GELU is not it).
  * `appendProjectorNodes` adds them to any graph (the fused encoder + projector converter uses it after
  * `llava_features`); `buildProjectorModel` makes a stand-alone projector model.
  */

@@ -1,7 +1,7 @@
 /**
  * The projector inside llama.cpp-style mmproj GGUF files (`mm.0.*`, `mm.2.*`), read by offset so that a
  * 600 MB file with a whole CLIP tower costs only the projector's bytes, and written the same way for the
- * bundled default model.
+ * bundled default model. Key names and layout: docs/reference.md section 3.
  */
 import { RegionVqaError } from "../common/errors.js";
 import {

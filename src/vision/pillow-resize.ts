@@ -1,5 +1,6 @@
 /**
- * Pillow's 8-bit BICUBIC resize (Pillow 9.x `Resample.c`), reproduced bit for bit.
+ * Pillow's 8-bit BICUBIC resize (Pillow 9.x `Resample.c`), reproduced bit for bit (docs/reference.md
+ * section 2).
  *
  * The reference pipelines (LLaVA's CLIP image processor, Alpha-CLIP's torchvision transform) resize
  * with Pillow; sharp/libvips compute a different bicubic (tens of levels apart), so exact features

@@ -1,3 +1,8 @@
+/**
+ * The two preprocessing paths of the reference, to the pixel (docs/reference.md section 2): LLaVA-1.5's
+ * (pad to a square, Pillow bicubic, CLIP normalisation, a thresholded +-1.9231 alpha), which is what
+ * the LLM sees, and the Alpha-CLIP README's (resize + centre crop, alpha (x - 0.5) / 0.26).
+ */
 import { RegionVqaError } from "../common/errors.js";
 import type { Tensor } from "../common/tensor.js";
 import { pillowResizeBicubic } from "./pillow-resize.js";

@@ -248,7 +248,7 @@ def make_example(rng, truth, toks, turn_ids, yes_no, followup_p, qtype=None):
     if followup_p > 0 and rng.rand() < followup_p and truth["kind"] != "whole":
         qt1, q1, asked1 = sample_question(rng, truth)
         a1 = toks["answers"][world.answer_for(qt1, truth, asked1, yes_no)]
-        # Turn 2 follows "</s>" as " USER: {q2} ASSISTANT:" (REFERENCE.md section 3).
+        # Turn 2 follows "</s>" as " USER: {q2} ASSISTANT:" (docs/reference.md section 3).
         fu = toks["questions"][q1] + a1 + [toks["eos"]]
         q = turn_ids[question]
     return (q, a + [toks["eos"]], verdict_index(a, answer)), fu, qtype, asked

@@ -1,6 +1,7 @@
 /**
  * The Alpha-CLIP visual encoder as an ONNX graph of standard opset-17 ops (Conv, MatMul,
- * LayerNormalization, Softmax, ...), all computed in float32 (fp16 weights are cast at load).
+ * LayerNormalization, Softmax, ...), all computed in float32 (fp16 weights are cast at load). The
+ * architecture and key names are in docs/reference.md section 1, the LLaVA feature layer in section 3.
  *
  * Inputs: `image` [batch, 3, R, R] and `alpha` [batch, 1, R, R], float32.
  * Values made available to callers (see `AlphaClipGraphValues`):
