@@ -15,7 +15,7 @@ import {
 import { convertVisionCheckpoint } from "../src/vision/convert/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const golden = path.resolve(repoRoot, "../shared/golden");
+const golden = path.resolve(repoRoot, "test/fixtures/golden");
 const CHECKPOINT = path.join(golden, "alpha-clip-tiny/tiny_alphaclip_visual.pth");
 const MMPROJ = path.join(golden, "llava-projector-tiny/tiny-mmproj-f16.gguf");
 const CASES = ["llava_mask", "llava_ones", "llava_zeros"] as const;
@@ -90,7 +90,7 @@ describe("fused Alpha-CLIP + projector graph", () => {
         expect(vsGolden).toBeLessThan(1e-4);
       }
     } finally {
-      await projector.close();
+      await projector.dispose();
     }
   });
 

@@ -19,7 +19,7 @@ import {
 } from "../src/projector/index.js";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const golden = path.resolve(repoRoot, "../shared/golden");
+const golden = path.resolve(repoRoot, "test/fixtures/golden");
 const MMPROJ = path.join(golden, "llava-projector-tiny/tiny-mmproj-f16.gguf");
 const CASES = ["llava_mask", "llava_ones", "llava_zeros"] as const;
 
@@ -137,7 +137,7 @@ describe("LlavaProjector in ONNX Runtime", () => {
         const out2 = await p.project({ data: features("llava_ones"), shape: [36, 64] });
         expect(out2.shape).toEqual([36, 96]);
       } finally {
-        await p.close();
+        await p.dispose();
       }
     }
   });
@@ -165,7 +165,7 @@ describe("LlavaProjector in ONNX Runtime", () => {
           expect(err).toBeLessThan(dtype === "F32" ? 1e-4 : 2e-3);
         }
       } finally {
-        await p.close();
+        await p.dispose();
       }
     }
   });
@@ -182,7 +182,7 @@ describe("LlavaProjector in ONNX Runtime", () => {
         expect(maxAbsDiff(out.data, expected(c))).toBeLessThan(1e-4);
       }
     } finally {
-      await p.close();
+      await p.dispose();
     }
   });
 
@@ -211,7 +211,7 @@ describe("LlavaProjector in ONNX Runtime", () => {
       expect(isRegionVqaError(e3) && e3.code).toBe("model_mismatch");
       expect((e3 as Error).message).toMatch(/32.*64/);
     } finally {
-      await p.close();
+      await p.dispose();
     }
   });
 
@@ -275,7 +275,7 @@ describe("writing projectors", () => {
       const out = await p.project({ data: features("llava_mask"), shape: [1, 36, 64] });
       expect(maxAbsDiff(out.data, expected("llava_mask"))).toBeLessThan(1e-4);
     } finally {
-      await p.close();
+      await p.dispose();
     }
 
     const other = path.join(dir, "ldp.gguf");
@@ -304,7 +304,7 @@ describe("writing projectors", () => {
           expect(maxAbsDiff(out.data, expected(c))).toBeLessThan(1e-4);
         }
       } finally {
-        await p.close();
+        await p.dispose();
       }
     }
     const bad = path.join(dir, "folder-bad");

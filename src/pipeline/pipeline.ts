@@ -52,7 +52,7 @@ export interface PipelineOptions {
   gpu?: LlmGpu;
   /** ONNX Runtime intra-op threads. Default: the machine's cores. */
   visionThreads?: number;
-  /** llama.cpp threads. Default 1 (see REFERENCE.md: spinning thread pools on a small shared CPU). */
+  /** llama.cpp threads. Default 1 (docs/reference.md section 4: spinning thread pools on a small shared CPU). */
   llmThreads?: number;
   contextSize?: number;
   batchSize?: number;
@@ -207,7 +207,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       );
       return new LocalRegionVqaPipeline(options, encoder, projector, llm, logger);
     } catch (err) {
-      await projector?.close().catch(() => undefined);
+      await projector?.dispose().catch(() => undefined);
       await llm?.dispose().catch(() => undefined);
       await encoder.dispose().catch(() => undefined);
       throw err;
@@ -485,7 +485,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     );
     this.conversations.clear();
     await this.llm.dispose();
-    await this.projector?.close();
+    await this.projector?.dispose();
     await this.encoder.dispose();
   }
 }

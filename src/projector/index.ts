@@ -13,8 +13,9 @@ export {
   LlavaProjector,
   readProjectorManifest,
   type ProjectorConfig,
+  type ProjectorDevice,
   type ProjectorLoadOptions,
 } from "./projector.js";
-export type { ProjectorDevice } from "./ort-session.js";
+
 export { PROJECTOR_ONNX_FILE, writeProjectorFolder } from "./folder.js";
 export { convertFusedVisionProjector, fusedProjectorExtension, type FusedProjectorConfig } from "./fused.js";

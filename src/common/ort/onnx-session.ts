@@ -1,0 +1,259 @@
+/**
+ * `OnnxSession`: the one way this project runs an ONNX model. By default the session lives in a worker
+ * thread (`worker-host.ts`) so that creating it and running it never block the event loop; tiny models
+ * may run on the calling thread instead. Either way runs are queued in order, errors arrive as
+ * `RegionVqaError`, and `dispose()` waits for the run in progress before the session is released.
+ */
+import os from "node:os";
+import type { Worker } from "node:worker_threads";
+import type * as ort from "onnxruntime-node";
+import { RegionVqaError } from "../errors.js";
+import { startSiblingWorker } from "../worker-url.js";
+import type { HostMessage, OwnerMessage } from "./protocol.js";
+import {
+  createOrtSession,
+  fromWireError,
+  ORT_DEVICES,
+  runOrtSession,
+  toWireError,
+  type OrtDevice,
+  type OrtProvider,
+  type OrtSessionSpec,
+  type WireTensor,
+} from "./session.js";
+
+export interface OnnxSessionLogger {
+  info(message: string): void;
+}
+
+export interface OnnxSessionOptions {
+  /** What the model is, for logs and errors ("vision encoder", "projector"). */
+  label: string;
+  /** Default "auto": CUDA when its provider loads, else the CPU. */
+  device?: OrtDevice;
+  /** ONNX Runtime intra-op threads. Default: the machine's cores. */
+  threads?: number;
+  /** Default true. false runs on the calling thread: only for models whose runs take microseconds. */
+  inWorker?: boolean;
+  logger?: OnnxSessionLogger;
+}
+
+type Outputs = Record<string, WireTensor>;
+
+/** How runs reach the session: over a worker's message port, or directly. */
+interface Transport {
+  run(inputs: Outputs): Promise<Outputs>;
+  /** Resolves once the run in progress (if any) is over and the session is released. */
+  close(): Promise<void>;
+  readonly threadId?: number;
+  /** The worker thread, when there is one (tests simulate a crash with it). */
+  readonly worker?: Worker;
+}
+
+interface Ready {
+  provider: OrtProvider;
+  fallbackReason?: string;
+  inputNames: string[];
+  outputNames: string[];
+}
+
+export class OnnxSession {
+  private disposed = false;
+
+  private constructor(
+    readonly label: string,
+    readonly provider: OrtProvider,
+    readonly threads: number,
+    readonly inputNames: readonly string[],
+    readonly outputNames: readonly string[],
+    private readonly transport: Transport,
+  ) {}
+
+  static async open(model: string | Uint8Array, options: OnnxSessionOptions): Promise<OnnxSession> {
+    const device = options.device ?? "auto";
+    if (!ORT_DEVICES.includes(device)) {
+      throw new RegionVqaError(
+        "invalid_request",
+        `Unknown device "${String(device)}"; use ${ORT_DEVICES.join(", ")}.`,
+      );
+    }
+    const threads = Math.max(1, Math.floor(options.threads ?? os.availableParallelism()));
+    const spec: OrtSessionSpec = { model, device, threads, label: options.label };
+    const { ready, transport } =
+      options.inWorker === false ? await inProcessTransport(spec) : await workerTransport(spec);
+    const log = options.logger;
+    if (ready.provider === "cuda") log?.info(`${spec.label}: ONNX Runtime on CUDA`);
+    else if (ready.fallbackReason) {
+      log?.info(
+        `${spec.label}: CUDA unavailable, using the CPU with ${threads} threads (${ready.fallbackReason.split("\n")[0]})`,
+      );
+    } else log?.info(`${spec.label}: ONNX Runtime on the CPU with ${threads} threads`);
+    return new OnnxSession(
+      spec.label,
+      ready.provider,
+      threads,
+      ready.inputNames,
+      ready.outputNames,
+      transport,
+    );
+  }
+
+  /**
+   * One run, queued behind earlier ones. The inputs' buffers are transferred to the worker (they are
+   * detached afterwards): pass arrays the caller does not need again.
+   */
+  async run(inputs: Outputs): Promise<Outputs> {
+    if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
+    return this.transport.run(inputs);
+  }
+
+  /** Fails the queued runs with `aborted`, waits for the one in progress, releases the session. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.transport.close();
+  }
+
+  /** The worker's thread id (undefined on the calling thread); tests check work happens off it. */
+  get workerThreadId(): number | undefined {
+    return this.transport.threadId;
+  }
+}
+
+async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; transport: Transport }> {
+  const { session, provider, fallbackReason } = await createOrtSession(spec);
+  let queue: Promise<unknown> = Promise.resolve();
+  let closed = false;
+  const transport: Transport = {
+    run(inputs) {
+      const next = queue.then(() => {
+        if (closed) throw new RegionVqaError("aborted", `${spec.label} was disposed`);
+        return runOrtSession(session, inputs).catch((err: unknown) => {
+          throw fromWireError(toWireError(err, spec.label));
+        });
+      });
+      queue = next.catch(() => undefined);
+      return next;
+    },
+    async close() {
+      closed = true;
+      await queue;
+      await session.release();
+    },
+  };
+  return { ready: readyOf(session, provider, fallbackReason), transport };
+}
+
+function readyOf(session: ort.InferenceSession, provider: OrtProvider, fallbackReason?: string): Ready {
+  return {
+    provider,
+    fallbackReason,
+    inputNames: session.inputNames.slice(),
+    outputNames: session.outputNames.slice(),
+  };
+}
+
+/**
+ * Inputs ready to move to the worker: arrays that own their whole buffer are transferred; a view into
+ * a bigger buffer is copied first (moving it would detach the caller's other data, cloning it would
+ * copy the whole buffer).
+ */
+function movable(inputs: Outputs): { message: Outputs; transfer: ArrayBuffer[] } {
+  const message: Outputs = {};
+  const transfer = new Set<ArrayBuffer>();
+  for (const [name, t] of Object.entries(inputs)) {
+    const whole = t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength;
+    const data = whole && !transfer.has(t.data.buffer as ArrayBuffer) ? t.data : t.data.slice();
+    transfer.add(data.buffer as ArrayBuffer);
+    message[name] = { data, dims: t.dims };
+  }
+  return { message, transfer: [...transfer] };
+}
+
+async function workerTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; transport: Transport }> {
+  const worker: Worker = startSiblingWorker(import.meta.url, "worker-host", {
+    workerData: spec,
+    // A model in memory moves to the worker instead of being copied.
+    transferList: typeof spec.model === "string" ? [] : [spec.model.buffer as ArrayBuffer],
+  });
+  const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));
+  const ready = await new Promise<Ready>((resolve, reject) => {
+    const onMessage = (message: HostMessage) => {
+      if (message.type === "ready") {
+        cleanup();
+        resolve(message);
+      } else if (message.type === "load-error") {
+        cleanup();
+        // The host ends itself after a failed load; wait for that rather than terminate it.
+        void exited.then(() => reject(fromWireError(message.error)));
+      }
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(new RegionVqaError("internal", `${spec.label} worker failed to start: ${err.message}`));
+    };
+    const onExit = (code: number) => {
+      cleanup();
+      reject(new RegionVqaError("internal", `${spec.label} worker exited while loading (code ${code})`));
+    };
+    const cleanup = () => {
+      worker.off("message", onMessage);
+      worker.off("error", onError);
+      worker.off("exit", onExit);
+    };
+    worker.on("message", onMessage);
+    worker.on("error", onError);
+    worker.on("exit", onExit);
+  });
+
+  const pending = new Map<number, { resolve(o: Outputs): void; reject(e: Error): void }>();
+  let nextId = 1;
+  let failure: Error | undefined;
+  let closing = false;
+  const failAll = (err: Error) => {
+    failure ??= err;
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  worker.on("message", (message: HostMessage) => {
+    if (message.type !== "result") return;
+    const p = pending.get(message.id);
+    if (!p) return;
+    pending.delete(message.id);
+    if (message.error) p.reject(fromWireError(message.error));
+    else p.resolve(message.outputs ?? {});
+  });
+  worker.on("error", (err) =>
+    failAll(new RegionVqaError("internal", `${spec.label} worker crashed: ${err.message}`)),
+  );
+  worker.on("exit", (code) =>
+    failAll(
+      closing
+        ? new RegionVqaError("aborted", `${spec.label} was disposed`)
+        : new RegionVqaError("internal", `${spec.label} worker exited unexpectedly (code ${code})`),
+    ),
+  );
+  const send = (message: OwnerMessage, transfer: ArrayBuffer[] = []) => worker.postMessage(message, transfer);
+
+  const transport: Transport = {
+    threadId: worker.threadId,
+    worker,
+    run(inputs) {
+      if (failure) return Promise.reject(failure);
+      const id = nextId++;
+      const { message, transfer } = movable(inputs);
+      return new Promise<Outputs>((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        send({ type: "run", id, inputs: message }, transfer);
+      });
+    },
+    async close() {
+      closing = true;
+      failAll(new RegionVqaError("aborted", `${spec.label} was disposed`));
+      // Never terminate: the host ends itself once the run in progress is over.
+      send({ type: "close" });
+      await exited;
+    },
+  };
+  return { ready, transport };
+}

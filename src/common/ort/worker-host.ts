@@ -1,0 +1,73 @@
+/**
+ * The worker thread that owns one ONNX Runtime session (protocol in `protocol.ts`). Session creation
+ * and runs block their thread for seconds with a ViT-L, so they must not run on the main event loop.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import type * as ort from "onnxruntime-node";
+import type { HostMessage, OwnerMessage } from "./protocol.js";
+import {
+  createOrtSession,
+  runOrtSession,
+  toWireError,
+  type OrtSessionSpec,
+  type WireTensor,
+} from "./session.js";
+
+const port = parentPort;
+if (!port) throw new Error("worker-host must run as a worker thread");
+const spec = workerData as OrtSessionSpec;
+const post = (message: HostMessage, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
+
+let session: ort.InferenceSession | undefined;
+let closing = false;
+// Runs are chained so that they execute one at a time, in the order they arrived.
+let queue: Promise<void> = Promise.resolve();
+
+const ready = createOrtSession(spec).then(
+  (created) => {
+    session = created.session;
+    post({
+      type: "ready",
+      provider: created.provider,
+      fallbackReason: created.fallbackReason,
+      inputNames: session.inputNames.slice(),
+      outputNames: session.outputNames.slice(),
+    });
+  },
+  (err: unknown) => {
+    post({ type: "load-error", error: toWireError(err, spec.label) });
+    closing = true;
+    port.close();
+  },
+);
+
+async function run(id: number, inputs: Record<string, WireTensor>): Promise<void> {
+  await ready;
+  // Runs queued behind a close are dropped (the owner has already rejected them).
+  if (closing || !session) return;
+  try {
+    const outputs = await runOrtSession(session, inputs);
+    post(
+      { type: "result", id, outputs },
+      Object.values(outputs).map((t) => t.data.buffer as ArrayBuffer),
+    );
+  } catch (err) {
+    post({ type: "result", id, error: toWireError(err, spec.label) });
+  }
+}
+
+port.on("message", (message: OwnerMessage) => {
+  if (message.type === "close") {
+    closing = true;
+    // After the run in progress: never end the thread under a native run (onnxruntime-node aborts
+    // the whole process when a run completes in a torn-down worker).
+    queue = queue.then(async () => {
+      await ready;
+      await session?.release();
+      session = undefined;
+      port.close();
+    });
+    return;
+  }
+  queue = queue.then(() => run(message.id, message.inputs));
+});
