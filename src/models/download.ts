@@ -139,100 +139,132 @@ async function checkExisting(options: DownloadOptions, label: string): Promise<D
 }
 
 async function downloadToPartial(options: DownloadOptions, label: string): Promise<DownloadResult> {
-  const { dest, url } = options;
-  const partialPath = partialPathFor(dest);
-  const sidecarPath = sidecarPathFor(dest);
-  const retries = options.retries ?? 3;
-  const rate = new RateMeter();
+  const partial = await loadPartial(options);
+  const resumedFrom = partial.received;
+  if (resumedFrom > 0) {
+    partial.hash = await hashPrefix(partial.path, resumedFrom, (done) =>
+      options.onProgress?.(progressOf(label, "hashing-partial", done, resumedFrom, resumedFrom, 0)),
+    );
+  }
+  if (options.expectedBytes !== undefined) {
+    await ensureFreeSpace(path.dirname(options.dest), options.expectedBytes - partial.received, label);
+  }
+  const d: DownloadState = {
+    options,
+    label,
+    partial,
+    rate: new RateMeter(),
+    resumedFrom,
+    totalBytes: options.expectedBytes ?? partial.sidecar?.totalBytes,
+    expectedSha256: options.expectedSha256,
+    sha256Checked: options.expectedSha256 ? "catalog" : "none",
+    requests: 0,
+  };
+  await transferWithRetries(d);
+  return await verifyAndInstall(d);
+}
 
-  let sidecar = await readSidecar(sidecarPath);
-  let received = (await statOrUndefined(partialPath))?.size ?? 0;
+/** The bytes in `<dest>.partial`, their running sha256, and the sidecar that says what they are part of. */
+interface PartialFile {
+  readonly path: string;
+  readonly sidecarPath: string;
+  received: number;
+  hash: Hash;
+  sidecar: PartialSidecar | undefined;
+}
+
+/** What one download knows while it runs; each transfer updates it in place. */
+interface DownloadState {
+  readonly options: DownloadOptions;
+  readonly label: string;
+  readonly partial: PartialFile;
+  readonly rate: RateMeter;
+  readonly resumedFrom: number;
+  totalBytes: number | undefined;
+  expectedSha256: string | undefined;
+  sha256Checked: DownloadResult["sha256Checked"];
+  requests: number;
+}
+
+/** Picks up an earlier run's partial file, or discards it when it was for another file or size. */
+async function loadPartial(options: DownloadOptions): Promise<PartialFile> {
+  const sidecarPath = sidecarPathFor(options.dest);
+  const sidecar = await readSidecar(sidecarPath);
+  const partial: PartialFile = {
+    path: partialPathFor(options.dest),
+    sidecarPath,
+    received: 0,
+    hash: createHash("sha256"),
+    sidecar,
+  };
+  partial.received = (await statOrUndefined(partial.path))?.size ?? 0;
   const usable =
     sidecar !== undefined &&
     (options.expectedSha256 === undefined || sidecar.expectedSha256 === options.expectedSha256) &&
     (options.expectedBytes === undefined || sidecar.totalBytes === options.expectedBytes) &&
-    (sidecar.totalBytes === undefined || received <= sidecar.totalBytes);
-  if (!usable) {
-    if (received > 0 || sidecar) await discardPartial(dest);
-    sidecar = undefined;
-    received = 0;
-  }
-  const resumedFrom = received;
-  let hash = createHash("sha256");
-  if (received > 0) {
-    hash = await hashPrefix(partialPath, received, (done) =>
-      options.onProgress?.(progressOf(label, "hashing-partial", done, received, resumedFrom, 0)),
-    );
-  }
+    (sidecar.totalBytes === undefined || partial.received <= sidecar.totalBytes);
+  if (!usable && (partial.received > 0 || sidecar)) await resetPartial(partial);
+  return partial;
+}
 
-  if (options.expectedBytes !== undefined) {
-    await ensureFreeSpace(path.dirname(dest), options.expectedBytes - received, label);
-  }
-  let expectedSha256 = options.expectedSha256;
-  let sha256Checked: DownloadResult["sha256Checked"] = expectedSha256 ? "catalog" : "none";
-  let totalBytes = options.expectedBytes ?? sidecar?.totalBytes;
-  let requests = 0;
+/** The one way a partial download is thrown away: both files go, and so does what was known of them. */
+async function resetPartial(partial: PartialFile): Promise<void> {
+  await unlinkIfPresent(partial.path);
+  await unlinkIfPresent(partial.sidecarPath);
+  partial.received = 0;
+  partial.hash = createHash("sha256");
+  partial.sidecar = undefined;
+}
+
+/** Transfers until the file is complete: pauses before resuming a dropped one, restarts a changed one at once. */
+async function transferWithRetries(d: DownloadState): Promise<void> {
+  const { options, label, partial } = d;
+  const retries = options.retries ?? 3;
   let attempt = 0;
-
   for (;;) {
-    throwIfAborted(options.signal, label, received);
-    requests++;
-    const outcome = await transferOnce({
-      options,
-      label,
-      partialPath,
-      sidecarPath,
-      sidecar,
-      received,
-      hash,
-      rate,
-      resumedFrom,
-      totalBytes,
-      expectedSha256,
-    });
-    received = outcome.received;
-    hash = outcome.hash;
-    sidecar = outcome.sidecar;
-    totalBytes = outcome.totalBytes;
-    if (outcome.hostSha256 && sha256Checked !== "catalog") {
+    throwIfAborted(options.signal, label, partial.received);
+    d.requests++;
+    const outcome = await transferOnce(d);
+    if (outcome.hostSha256 && d.sha256Checked !== "catalog") {
       // The latest statement wins: after a restart for a changed file it names the new content.
-      expectedSha256 = outcome.hostSha256;
-      sha256Checked = "host";
+      d.expectedSha256 = outcome.hostSha256;
+      d.sha256Checked = "host";
     }
-    if (outcome.kind === "complete") break;
+    if (outcome.kind === "complete") return;
+    attempt++;
     if (outcome.kind === "restart") {
-      attempt++;
+      // No pause: the host answered, the partial file was stale. Even `retries: 0` allows one restart.
       if (attempt > retries + 1) throw outcome.error;
       continue;
     }
-    attempt++;
     if (attempt > retries) throw outcome.error;
     options.onRetry?.(
       `${outcome.error.message.replace(/\. The partial file is kept.*$/, "")}; resuming from ` +
-        `${formatBytes(received)} (retry ${attempt} of ${retries})`,
+        `${formatBytes(partial.received)} (retry ${attempt} of ${retries})`,
     );
-    await sleep(
-      (options.retryDelayMs ?? 1000) * 2 ** (attempt - 1),
-      options.signal,
-      label,
-      received,
-    );
+    await sleep((options.retryDelayMs ?? 1000) * 2 ** (attempt - 1), options.signal, label, partial.received);
   }
+}
 
+/** Checks size and sha256, then renames the partial file to its final name (a wrong hash is kept aside). */
+async function verifyAndInstall(d: DownloadState): Promise<DownloadResult> {
+  const { options, label, partial, totalBytes, expectedSha256, sha256Checked, resumedFrom } = d;
+  const { dest, url } = options;
+  const received = partial.received;
   options.onProgress?.(progressOf(label, "verifying", received, totalBytes, resumedFrom, 0));
   if (totalBytes !== undefined && received !== totalBytes) {
-    await discardPartial(dest);
+    await resetPartial(partial);
     throw new RegionVqaError(
       "download_failed",
       `${label}: received ${received} bytes but expected ${totalBytes}; the partial file was removed, run again`,
       { url, receivedBytes: received, totalBytes, reason: "size_mismatch" },
     );
   }
-  const sha256 = hash.digest("hex");
+  const sha256 = partial.hash.digest("hex");
   if (expectedSha256 && sha256 !== expectedSha256) {
     const keptAs = corruptPathFor(dest);
-    await rename(partialPath, keptAs);
-    await unlinkIfPresent(sidecarPath);
+    await rename(partial.path, keptAs);
+    await unlinkIfPresent(partial.sidecarPath);
     throw new RegionVqaError(
       "checksum_mismatch",
       `${label}: sha256 ${sha256} does not match the expected ${expectedSha256} (from the ${sha256Checked}); ` +
@@ -240,19 +272,21 @@ async function downloadToPartial(options: DownloadOptions, label: string): Promi
       { url, expected: expectedSha256, actual: sha256, keptAs },
     );
   }
-  await rename(partialPath, dest);
-  await unlinkIfPresent(sidecarPath);
-  options.onProgress?.(progressOf(label, "done", received, received, resumedFrom, rate.bytesPerSecond()));
-  return { path: dest, bytes: received, sha256, sha256Checked, skipped: false, resumedFrom, requests };
+  await rename(partial.path, dest);
+  await unlinkIfPresent(partial.sidecarPath);
+  options.onProgress?.(progressOf(label, "done", received, received, resumedFrom, d.rate.bytesPerSecond()));
+  return {
+    path: dest,
+    bytes: received,
+    sha256,
+    sha256Checked,
+    skipped: false,
+    resumedFrom,
+    requests: d.requests,
+  };
 }
 
-type TransferOutcome = {
-  received: number;
-  hash: Hash;
-  sidecar: PartialSidecar | undefined;
-  totalBytes: number | undefined;
-  hostSha256?: string;
-} & (
+type TransferOutcome = { hostSha256?: string } & (
   | { kind: "complete" }
   /** Worth another try after a pause (dropped connection, timeout, 5xx). */
   | { kind: "retry"; error: RegionVqaError }
@@ -260,229 +294,288 @@ type TransferOutcome = {
   | { kind: "restart"; error: RegionVqaError }
 );
 
-interface TransferState {
-  options: DownloadOptions;
-  label: string;
-  partialPath: string;
-  sidecarPath: string;
-  sidecar: PartialSidecar | undefined;
-  received: number;
-  hash: Hash;
-  rate: RateMeter;
-  resumedFrom: number;
-  totalBytes: number | undefined;
-  expectedSha256: string | undefined;
+/** A response that made it past the redirects, with what the hops stated about the file. */
+interface HostAnswer {
+  response: Response;
+  hostSha256?: string;
+  hostSize?: number;
 }
 
 /** One GET (following redirects) that appends to the partial file. Never throws for retryable faults. */
-async function transferOnce(s: TransferState): Promise<TransferOutcome> {
-  const { options, label } = s;
-  const url = options.url;
-  let { received, hash, sidecar, totalBytes } = s;
-  const result = (extra: Partial<TransferOutcome> & Pick<TransferOutcome, "kind">): TransferOutcome =>
-    ({ received, hash, sidecar, totalBytes, ...extra }) as TransferOutcome;
-
-  // When the file's sha256 is known (catalogue, or stated by the host), that hash is its identity: the
-  // final check catches any mix, and a host-stated hash that changed is seen on the redirect. Only
-  // without one do the CDN's ETag / Last-Modified guard the resumption (If-Range), because signed CDN
-  // URLs may give the same bytes another ETag and would make every resumption start over.
-  const knownSha256 = s.expectedSha256 ?? sidecar?.expectedSha256;
-  const headers: Record<string, string> = { "accept-encoding": "identity" };
-  if (received > 0) {
-    headers.range = `bytes=${received}-`;
-    // A weak ETag may not be used with If-Range; Last-Modified is the fallback validator.
-    const validator = sidecar?.etag && !sidecar.etag.startsWith("W/") ? sidecar.etag : sidecar?.lastModified;
-    if (validator && !knownSha256) headers["if-range"] = validator;
-  }
-
-  const controller = new AbortController();
-  let timedOut: "headers" | "idle" | undefined;
-  const onUserAbort = () => controller.abort(options.signal?.reason);
-  options.signal?.addEventListener("abort", onUserAbort, { once: true });
-  let timer = setTimeout(() => {
-    timedOut = "headers";
-    controller.abort();
-  }, options.headersTimeoutMs ?? 30_000);
-
+async function transferOnce(d: DownloadState): Promise<TransferOutcome> {
+  const watch = new TransferWatch(d.options.signal, d.options.headersTimeoutMs ?? 30_000);
   let file: FileHandle | undefined;
   try {
-    let response: Response;
-    let hostSha256: string | undefined;
-    let hostSize: number | undefined;
-    try {
-      const resumingSha256 = received > 0 ? sidecar?.expectedSha256 : undefined;
-      ({ response, hostSha256, hostSize } = await getFollowingRedirects(
-        url,
-        headers,
-        options,
-        controller.signal,
-        resumingSha256,
-      ));
-    } catch (err) {
-      if (options.signal?.aborted) throw abortedError(label, received);
-      const classified = classifyNetworkError(err, url, label, received, totalBytes, timedOut);
-      if (classified.retryable) return result({ kind: "retry", error: classified.error });
-      throw classified.error;
-    }
-    const status = response.status;
-    if (received > 0 && hostSha256 && sidecar?.expectedSha256 && hostSha256 !== sidecar.expectedSha256) {
-      // The host now states another hash: the file changed since the partial download began.
-      await response.body?.cancel().catch(() => undefined);
-      await discardPartialFiles(s.partialPath, s.sidecarPath);
-      received = 0;
-      hash = createHash("sha256");
-      sidecar = undefined;
-      return result({
-        kind: "restart",
-        error: new RegionVqaError("download_failed", `${label} changed on the server while it was downloaded`, {
-          url,
-          reason: "changed",
-        }),
-      });
-    }
-    if (status === 416 && received > 0 && totalBytes !== undefined && received === totalBytes) {
-      await response.body?.cancel();
-      return result({ kind: "complete", hostSha256 });
-    }
-    if (status !== 200 && status !== 206) {
-      await response.body?.cancel().catch(() => undefined);
-      if (status === 416) {
-        await discardPartialFiles(s.partialPath, s.sidecarPath);
-        received = 0;
-        hash = createHash("sha256");
-        sidecar = undefined;
-        return result({ kind: "restart", error: httpError(status, url, label, options.authHint) });
-      }
-      const error = httpError(status, url, label, options.authHint);
-      if (status >= 500 || status === 429 || status === 408) return result({ kind: "retry", error });
-      throw error;
-    }
-
-    const etag = response.headers.get("etag") ?? undefined;
-    const lastModified = response.headers.get("last-modified") ?? undefined;
-    let start = 0;
-    let total: number | undefined;
-    if (status === 206) {
-      const range = parseContentRange(response.headers.get("content-range"));
-      const changed = !knownSha256 && sidecar?.etag !== undefined && etag !== undefined && etag !== sidecar.etag;
-      if (!range || range.start !== received || changed || (totalBytes !== undefined && range.total !== totalBytes)) {
-        // Not the continuation we asked for: throw the partial file away and start over.
-        await response.body?.cancel().catch(() => undefined);
-        await discardPartialFiles(s.partialPath, s.sidecarPath);
-        received = 0;
-        hash = createHash("sha256");
-        sidecar = undefined;
-        const why = range
-          ? `bytes ${range.start}-${range.end}/${range.total ?? "*"} for a request from byte ${s.received}`
-          : `an unreadable Content-Range`;
-        return result({
-          kind: "restart",
-          error: new RegionVqaError("download_failed", `${label}: the server answered ${why} (${url})`, {
-            url,
-            reason: "bad_range",
-          }),
-        });
-      }
-      start = range.start;
-      total = range.total;
-    } else {
-      const length = Number(response.headers.get("content-length") ?? NaN);
-      total = Number.isFinite(length) ? length : undefined;
-      if (received > 0) {
-        // The server sent the whole file (no Range support, or If-Range saw a changed file).
-        received = 0;
-        hash = createHash("sha256");
-      }
-    }
-    total ??= hostSize;
-    if (options.expectedBytes !== undefined && total !== undefined && total !== options.expectedBytes) {
-      await response.body?.cancel().catch(() => undefined);
-      throw new RegionVqaError(
-        "checksum_mismatch",
-        `${label}: ${url} offers ${total} bytes but ${options.expectedBytes} are expected; refusing a different file`,
-        { url, expectedBytes: options.expectedBytes, offeredBytes: total },
-      );
-    }
-    totalBytes = total ?? totalBytes;
-    if (totalBytes !== undefined) await ensureFreeSpace(path.dirname(s.partialPath), totalBytes - start, label);
-
-    sidecar = {
-      formatVersion: 1,
-      url,
-      etag,
-      lastModified,
-      totalBytes,
-      expectedSha256: s.expectedSha256 ?? hostSha256,
-      updatedAt: new Date().toISOString(),
-    };
-    await writeFile(s.sidecarPath, JSON.stringify(sidecar, null, 2));
-    file = await open(s.partialPath, start === 0 ? "w" : "a");
-
-    if (!response.body) return result({ kind: "complete", hostSha256 });
-    const reader = response.body.getReader();
-    const pending: Uint8Array[] = [];
-    let pendingBytes = 0;
-    const flush = async () => {
-      if (pendingBytes === 0) return;
-      const chunk = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes);
-      pending.length = 0;
-      pendingBytes = 0;
-      await writeAll(file!, chunk, label, received, url);
-    };
-    let lastReport = 0;
-    const resetIdle = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        timedOut = "idle";
-        controller.abort();
-      }, options.idleTimeoutMs ?? 60_000);
-    };
-    resetIdle();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        resetIdle();
-        hash.update(value);
-        received += value.byteLength;
-        s.rate.add(value.byteLength);
-        pending.push(value);
-        pendingBytes += value.byteLength;
-        if (pendingBytes >= WRITE_BATCH_BYTES) await flush();
-        const now = Date.now();
-        if (now - lastReport >= PROGRESS_INTERVAL_MS) {
-          lastReport = now;
-          options.onProgress?.(
-            progressOf(label, "downloading", received, totalBytes, s.resumedFrom, s.rate.bytesPerSecond()),
-          );
-        }
-      }
-    } catch (err) {
-      // The bytes that did arrive are good: keep them for the resumption.
-      await flush();
-      if (options.signal?.aborted) throw abortedError(label, received);
-      const classified = classifyNetworkError(err, url, label, received, totalBytes, timedOut);
-      if (classified.retryable) return result({ kind: "retry", error: classified.error, hostSha256 });
-      throw classified.error;
-    }
-    await flush();
-    options.onProgress?.(
-      progressOf(label, "downloading", received, totalBytes, s.resumedFrom, s.rate.bytesPerSecond()),
-    );
-    if (totalBytes !== undefined && received < totalBytes) {
-      return result({
-        kind: "retry",
-        hostSha256,
-        error: droppedError(url, label, received, totalBytes, "the server ended the response early"),
-      });
-    }
-    await file.sync();
-    return result({ kind: "complete", hostSha256 });
+    const answer = await sendRequest(d, watch);
+    if ("kind" in answer) return answer;
+    const accepted = await checkResponse(d, answer);
+    if ("kind" in accepted) return accepted;
+    await writeSidecar(d, answer.response, answer.hostSha256);
+    file = await open(d.partial.path, accepted.start === 0 ? "w" : "a");
+    return await streamBody(d, answer, file, watch);
   } finally {
-    clearTimeout(timer);
-    options.signal?.removeEventListener("abort", onUserAbort);
+    watch.dispose();
     await file?.close();
   }
+}
+
+/**
+ * One AbortController per request, fired by the caller's signal or by a timer: first the limit for the
+ * headers, then (re-armed per chunk) the limit for silence. Remembers which timer fired, for the message.
+ */
+class TransferWatch {
+  readonly controller = new AbortController();
+  timedOut: "headers" | "idle" | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly userSignal: AbortSignal | undefined;
+  private readonly onUserAbort = () => this.controller.abort(this.userSignal?.reason);
+
+  constructor(userSignal: AbortSignal | undefined, headersTimeoutMs: number) {
+    this.userSignal = userSignal;
+    userSignal?.addEventListener("abort", this.onUserAbort, { once: true });
+    this.arm("headers", headersTimeoutMs);
+  }
+
+  arm(kind: "headers" | "idle", ms: number): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timedOut = kind;
+      this.controller.abort();
+    }, ms);
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.userSignal?.removeEventListener("abort", this.onUserAbort);
+  }
+}
+
+/** Step 1a: the GET, asking for the rest of the partial file; network faults become retry outcomes. */
+async function sendRequest(d: DownloadState, watch: TransferWatch): Promise<HostAnswer | TransferOutcome> {
+  const { options, label, partial } = d;
+  const headers: Record<string, string> = { "accept-encoding": "identity" };
+  if (partial.received > 0) {
+    headers.range = `bytes=${partial.received}-`;
+    // A weak ETag may not be used with If-Range; Last-Modified is the fallback validator.
+    const sidecar = partial.sidecar;
+    const validator = sidecar?.etag && !sidecar.etag.startsWith("W/") ? sidecar.etag : sidecar?.lastModified;
+    if (validator && !knownSha256(d)) headers["if-range"] = validator;
+  }
+  try {
+    const resumingSha256 = partial.received > 0 ? partial.sidecar?.expectedSha256 : undefined;
+    return await getFollowingRedirects(options.url, headers, options, watch.controller.signal, resumingSha256);
+  } catch (err) {
+    if (options.signal?.aborted) throw abortedError(label, partial.received);
+    const classified = classifyNetworkError(
+      err,
+      options.url,
+      label,
+      partial.received,
+      d.totalBytes,
+      watch.timedOut,
+    );
+    if (classified.retryable) return { kind: "retry", error: classified.error };
+    throw classified.error;
+  }
+}
+
+/**
+ * When the file's sha256 is known (catalogue, or stated by the host), that hash is its identity: the
+ * final check catches any mix, and a host-stated hash that changed is seen on the redirect. Only
+ * without one do the CDN's ETag / Last-Modified guard the resumption (If-Range), because signed CDN
+ * URLs may give the same bytes another ETag and would make every resumption start over.
+ */
+function knownSha256(d: DownloadState): string | undefined {
+  return d.expectedSha256 ?? d.partial.sidecar?.expectedSha256;
+}
+
+/**
+ * Step 1b: decides what the response means. Returns where its body starts in the file, or the outcome
+ * when there is no body to take (complete, restart from zero, retry); throws for faults a retry won't fix.
+ */
+async function checkResponse(d: DownloadState, answer: HostAnswer): Promise<{ start: number } | TransferOutcome> {
+  const refused = await checkStatus(d, answer);
+  if (refused) return refused;
+  const range = await checkRange(d, answer.response);
+  if ("kind" in range) return range;
+  const { options, label } = d;
+  const { response } = answer;
+  const total = range.total ?? answer.hostSize;
+  if (options.expectedBytes !== undefined && total !== undefined && total !== options.expectedBytes) {
+    await response.body?.cancel().catch(() => undefined);
+    throw new RegionVqaError(
+      "checksum_mismatch",
+      `${label}: ${options.url} offers ${total} bytes but ${options.expectedBytes} are expected; refusing a different file`,
+      { url: options.url, expectedBytes: options.expectedBytes, offeredBytes: total },
+    );
+  }
+  d.totalBytes = total ?? d.totalBytes;
+  if (d.totalBytes !== undefined) {
+    await ensureFreeSpace(path.dirname(d.partial.path), d.totalBytes - range.start, label);
+  }
+  return { start: range.start };
+}
+
+/** The status and the host's stated hash: anything but a usable 200/206 ends this transfer here. */
+async function checkStatus(d: DownloadState, answer: HostAnswer): Promise<TransferOutcome | undefined> {
+  const { options, label, partial } = d;
+  const { response, hostSha256 } = answer;
+  const { url } = options;
+  const status = response.status;
+  const resumedSha256 = partial.sidecar?.expectedSha256;
+  if (partial.received > 0 && hostSha256 && resumedSha256 && hostSha256 !== resumedSha256) {
+    // The host now states another hash: the file changed since the partial download began.
+    await response.body?.cancel().catch(() => undefined);
+    await resetPartial(partial);
+    return {
+      kind: "restart",
+      error: new RegionVqaError("download_failed", `${label} changed on the server while it was downloaded`, {
+        url,
+        reason: "changed",
+      }),
+    };
+  }
+  if (status === 416 && partial.received > 0 && d.totalBytes !== undefined && partial.received === d.totalBytes) {
+    // Every byte is already in the partial file (a run stopped before installing it): nothing to send.
+    await response.body?.cancel();
+    return { kind: "complete", hostSha256 };
+  }
+  if (status === 200 || status === 206) return undefined;
+  await response.body?.cancel().catch(() => undefined);
+  if (status === 416) {
+    await resetPartial(partial);
+    return { kind: "restart", error: httpError(status, url, label, options.authHint) };
+  }
+  const error = httpError(status, url, label, options.authHint);
+  if (status >= 500 || status === 429 || status === 408) return { kind: "retry", error };
+  throw error;
+}
+
+/**
+ * A 206 must continue the partial file exactly (else it is discarded and the download restarts); a 200
+ * is the whole file, so the bytes already held no longer count.
+ */
+async function checkRange(
+  d: DownloadState,
+  response: Response,
+): Promise<{ start: number; total: number | undefined } | TransferOutcome> {
+  const { options, label, partial } = d;
+  if (response.status !== 206) {
+    const length = Number(response.headers.get("content-length") ?? NaN);
+    if (partial.received > 0) {
+      // No Range support, or If-Range saw a changed file. The file on disk is truncated when it is
+      // opened for writing; until then it stays, so a refusal below still leaves it to resume later.
+      partial.received = 0;
+      partial.hash = createHash("sha256");
+    }
+    return { start: 0, total: Number.isFinite(length) ? length : undefined };
+  }
+  const range = parseContentRange(response.headers.get("content-range"));
+  const etag = response.headers.get("etag") ?? undefined;
+  const sidecarEtag = partial.sidecar?.etag;
+  const changed = !knownSha256(d) && sidecarEtag !== undefined && etag !== undefined && etag !== sidecarEtag;
+  const continues =
+    range !== undefined &&
+    range.start === partial.received &&
+    !changed &&
+    (d.totalBytes === undefined || range.total === d.totalBytes);
+  if (continues) return { start: range.start, total: range.total };
+  // Not the continuation we asked for: throw the partial file away and start over.
+  const why = range
+    ? `bytes ${range.start}-${range.end}/${range.total ?? "*"} for a request from byte ${partial.received}`
+    : `an unreadable Content-Range`;
+  await response.body?.cancel().catch(() => undefined);
+  await resetPartial(partial);
+  return {
+    kind: "restart",
+    error: new RegionVqaError("download_failed", `${label}: the server answered ${why} (${options.url})`, {
+      url: options.url,
+      reason: "bad_range",
+    }),
+  };
+}
+
+/** Records what the partial file is about to hold, so a later run can tell whether to resume it. */
+async function writeSidecar(d: DownloadState, response: Response, hostSha256: string | undefined): Promise<void> {
+  d.partial.sidecar = {
+    formatVersion: 1,
+    url: d.options.url,
+    etag: response.headers.get("etag") ?? undefined,
+    lastModified: response.headers.get("last-modified") ?? undefined,
+    totalBytes: d.totalBytes,
+    expectedSha256: d.expectedSha256 ?? hostSha256,
+    updatedAt: new Date().toISOString(),
+  };
+  await writeFile(d.partial.sidecarPath, JSON.stringify(d.partial.sidecar, null, 2));
+}
+
+/**
+ * Step 2: streams the body into the open partial file, hashing as it goes, in batched writes, with the
+ * idle timeout re-armed per chunk and progress at most every PROGRESS_INTERVAL_MS.
+ */
+async function streamBody(
+  d: DownloadState,
+  answer: HostAnswer,
+  file: FileHandle,
+  watch: TransferWatch,
+): Promise<TransferOutcome> {
+  const { options, label, partial, rate, resumedFrom } = d;
+  const { response, hostSha256 } = answer;
+  const { url } = options;
+  if (!response.body) return { kind: "complete", hostSha256 };
+  const reader = response.body.getReader();
+  const pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+  const flush = async () => {
+    if (pendingBytes === 0) return;
+    const chunk = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes);
+    pending.length = 0;
+    pendingBytes = 0;
+    await writeAll(file, chunk, label, partial.received, url);
+  };
+  const idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+  const report = () =>
+    options.onProgress?.(
+      progressOf(label, "downloading", partial.received, d.totalBytes, resumedFrom, rate.bytesPerSecond()),
+    );
+  let lastReport = 0;
+  watch.arm("idle", idleTimeoutMs);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      watch.arm("idle", idleTimeoutMs);
+      partial.hash.update(value);
+      partial.received += value.byteLength;
+      rate.add(value.byteLength);
+      pending.push(value);
+      pendingBytes += value.byteLength;
+      if (pendingBytes >= WRITE_BATCH_BYTES) await flush();
+      const now = Date.now();
+      if (now - lastReport >= PROGRESS_INTERVAL_MS) {
+        lastReport = now;
+        report();
+      }
+    }
+  } catch (err) {
+    // The bytes that did arrive are good: keep them for the resumption.
+    await flush();
+    if (options.signal?.aborted) throw abortedError(label, partial.received);
+    const classified = classifyNetworkError(err, url, label, partial.received, d.totalBytes, watch.timedOut);
+    if (classified.retryable) return { kind: "retry", error: classified.error, hostSha256 };
+    throw classified.error;
+  }
+  await flush();
+  report();
+  if (d.totalBytes !== undefined && partial.received < d.totalBytes) {
+    return {
+      kind: "retry",
+      hostSha256,
+      error: droppedError(url, label, partial.received, d.totalBytes, "the server ended the response early"),
+    };
+  }
+  await file.sync();
+  return { kind: "complete", hostSha256 };
 }
 
 /**
@@ -709,15 +802,6 @@ async function readSidecar(file: string): Promise<PartialSidecar | undefined> {
   } catch {
     return undefined;
   }
-}
-
-async function discardPartial(dest: string): Promise<void> {
-  await discardPartialFiles(partialPathFor(dest), sidecarPathFor(dest));
-}
-
-async function discardPartialFiles(partialPath: string, sidecarPath: string): Promise<void> {
-  await unlinkIfPresent(partialPath);
-  await unlinkIfPresent(sidecarPath);
 }
 
 async function unlinkIfPresent(file: string): Promise<void> {
