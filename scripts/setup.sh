@@ -4,6 +4,10 @@
 # compiles the TypeScript and the small native llama.cpp companion addon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Dependency install scripts: npm 11 runs none unless package.json `allowScripts` allows it, and it
+# denies all four (onnxruntime-node's downloads CUDA libraries from outside the npm registry; the
+# others are not needed with the prebuilt binaries). The variable covers npm versions before that.
+# The project's own `prepare` script (TypeScript, the native addon, the UI) still runs.
 export ONNXRUNTIME_NODE_INSTALL=skip
 
 if [ "${SKIP_APT:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
