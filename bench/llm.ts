@@ -119,7 +119,7 @@ try {
         if (followUpFirst === 0) followUpFirst = seconds(t);
       }
       const followUpResult = await followUp.result;
-      await conversation.close();
+      await conversation.dispose();
 
       // node-llama-cpp's own token path on the same model: the same prompt with the image tokens.
       const sequence = llm.context.getSequence();

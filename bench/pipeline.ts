@@ -211,13 +211,13 @@ export async function runPipelineBench(
       maxTokens: 4,
     });
     warmupMs = w.sample.totalMs;
-    await w.conversation.close();
+    await w.conversation.dispose();
     for (let r = 0; r < options.repeats; r++) {
       const image = await benchImage(r);
       pipeline.clearVisionCache();
       const cold = await firstQuestion(pipeline, recorder, image, models.question, generation);
       samples.cold.push(cold.sample);
-      await cold.conversation.close();
+      await cold.conversation.dispose();
 
       const warm = await firstQuestion(pipeline, recorder, image, models.question, generation);
       samples.warm.push(warm.sample);
@@ -238,7 +238,7 @@ export async function runPipelineBench(
           cacheMisses: after.misses - before.misses,
         });
       } finally {
-        await warm.conversation.close();
+        await warm.conversation.dispose();
       }
       log(
         `  run ${r + 1}/${options.repeats}: cold TTFT ${cold.sample.ttftMs.toFixed(0)} ms, warm ${warm.sample.ttftMs.toFixed(0)} ms, ` +

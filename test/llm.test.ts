@@ -188,7 +188,7 @@ for (const tied of [false, true]) {
       const conversation = await llm.openConversation({ embeddings: image.rows });
       expect(conversation.tokenCount).toBe(REFERENCE_BEFORE.length + 40);
       const result = await conversation.ask(QUESTION, { maxTokens: 12 }).result;
-      await conversation.close();
+      await conversation.dispose();
       const prompt = new LlavaPrompt(llm.model);
       const expected = await greedyTokens(
         [...prompt.beforeImage(), ...image.tokens, ...prompt.afterImage(QUESTION)],
@@ -213,14 +213,14 @@ for (const tied of [false, true]) {
       expect(second.evaluatedPromptTokens).toBeLessThanOrEqual(ownTokens + prompt.answer(first.text).length);
       expect(second.promptTokens).toBeLessThanOrEqual(cachedBefore + second.evaluatedPromptTokens);
       expect(second.promptTokens).toBeGreaterThan(40 + second.evaluatedPromptTokens);
-      await conversation.close();
+      await conversation.dispose();
 
       const replayed = await llm.openConversation({
         embeddings: image.rows,
         history: [{ question: QUESTION, answer: first.text }],
       });
       const fresh = await replayed.ask("And what colour is it?", { maxTokens: 8 }).result;
-      await replayed.close();
+      await replayed.dispose();
       expect(fresh.promptTokens).toBe(second.promptTokens);
       expect(fresh.tokens).toEqual(second.tokens);
       expect(fresh.text).toBe(second.text);
@@ -233,7 +233,7 @@ for (const tied of [false, true]) {
       const stream = a.ask(QUESTION, { maxTokens: 10 });
       const pieces = await collect(stream);
       const full = await stream.result;
-      await a.close();
+      await a.dispose();
       expect(full.finishReason).toBe("length");
       expect(full.completionTokens).toBe(10);
       expect(pieces.join("")).toBe(full.text);
@@ -246,7 +246,7 @@ for (const tied of [false, true]) {
       const stopped = b.ask(QUESTION, { maxTokens: 10, stop: [stop] });
       const stoppedPieces = await collect(stopped);
       const stoppedResult = await stopped.result;
-      await b.close();
+      await b.dispose();
       expect(stoppedResult.finishReason).toBe("stop");
       expect(stoppedResult.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
       expect(stoppedPieces.join("")).toBe(stoppedResult.text);
@@ -270,7 +270,7 @@ for (const tied of [false, true]) {
       const already = AbortSignal.abort();
       const none = await conversation.ask(QUESTION, { signal: already }).result;
       expect(none).toMatchObject({ finishReason: "abort", completionTokens: 0, text: "" });
-      await conversation.close();
+      await conversation.dispose();
     });
 
     it("runs two conversations at once, each as if alone; a third waits for a free slot", async () => {
@@ -291,14 +291,14 @@ for (const tied of [false, true]) {
         b.ask(QUESTION, { maxTokens: 8 }).result,
       ]);
       const queued = llm.openConversation({ embeddings: imageB.rows });
-      await a.close();
+      await a.dispose();
       const c: LlavaConversation = await queued; // gets a's slot, cleared
       const rc = await c.ask(QUESTION, { maxTokens: 8 }).result;
-      await Promise.all([b.close(), c.close()]);
+      await Promise.all([b.dispose(), c.dispose()]);
 
       const alone = await llm.openConversation({ embeddings: imageA.rows });
       const ra1 = await alone.ask(QUESTION, { maxTokens: 8 }).result;
-      await alone.close();
+      await alone.dispose();
       expect(ra.tokens).toEqual(ra1.tokens);
       expect(rc.tokens).toEqual(rb.tokens);
     });
@@ -317,7 +317,7 @@ for (const tied of [false, true]) {
       await expect(conversation.ask(QUESTION, { temperature: -1 }).result).rejects.toMatchObject({
         code: "invalid_request",
       });
-      await conversation.close();
+      await conversation.dispose();
       await expect(conversation.ask(QUESTION).result).rejects.toMatchObject({
         code: "conversation_not_found",
       });

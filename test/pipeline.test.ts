@@ -113,7 +113,7 @@ describe("pipeline (tiny real models)", () => {
       .ask("And its colour?", { maxTokens: 3, temperature: 0 }).result;
     expect(follow.completionTokens).toBeGreaterThan(0);
     expect(conv.turns).toHaveLength(2);
-    await conv.close();
+    await conv.dispose();
     expect(pipeline.getConversation(conv.id)).toBeUndefined();
   });
 
@@ -126,7 +126,7 @@ describe("pipeline (tiny real models)", () => {
     expect(captions).toHaveLength(2);
     const alone = await pipeline.openConversation(image, regions[0]);
     const a = await alone.ask(DEFAULT_CAPTION_PROMPTS.short, { maxTokens: 6, temperature: 0 }).result;
-    await alone.close();
+    await alone.dispose();
     expect(a.text).toBe(captions[0].text);
   });
 
@@ -138,8 +138,8 @@ describe("pipeline (tiny real models)", () => {
     expect(pipeline.getConversation(a.id)).toBeUndefined();
     expect(pipeline.getConversation(b.id)).toBe(b);
     expect(pipeline.getConversation(c.id)).toBe(c);
-    await b.close();
-    await c.close();
+    await b.dispose();
+    await c.dispose();
   });
 
   it("fails fast with overloaded when every slot is answering", async () => {
@@ -155,8 +155,8 @@ describe("pipeline (tiny real models)", () => {
     }
     await Promise.all([ra, rb]);
     expect(code).toBe("overloaded");
-    await a.close();
-    await b.close();
+    await a.dispose();
+    await b.dispose();
   });
 
   it("a waiting conversation gets the slot of one that finishes answering", async () => {
@@ -211,6 +211,6 @@ describe("pipeline (tiny real models)", () => {
     ).toBe("too_many_regions");
     const conv = await pipeline.openConversation(image, { kind: "whole" });
     expect(() => conv.ask("x".repeat(5000))).toThrow(/limit/);
-    await conv.close();
+    await conv.dispose();
   });
 });

@@ -49,7 +49,10 @@ describe("region-vqa convert-projector", () => {
 
   it("convert-vision --projector writes a fused folder", async () => {
     const out = path.join(dir, "fused");
-    const checkpoint = path.resolve(repoRoot, "test/fixtures/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth");
+    const checkpoint = path.resolve(
+      repoRoot,
+      "test/fixtures/golden/alpha-clip-tiny/tiny_alphaclip_visual.pth",
+    );
     const stdout = vi.spyOn(process.stdout, "write").mockImplementation(() => true);
     const stderr = vi.spyOn(process.stderr, "write").mockImplementation(() => true);
     let code: number;

@@ -34,7 +34,7 @@ describe("bundled shapes model", () => {
       temperature: 0,
       maxTokens: 24,
     }).result;
-    await conversation.close();
+    await conversation.dispose();
     expect(answer.text.trim()).toBe("It is a purple triangle.");
     expect(answer.finishReason).toBe("stop");
   }, 60_000);

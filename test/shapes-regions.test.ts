@@ -42,7 +42,7 @@ describe("bundled model: the region decides the answer", () => {
           temperature: 0,
           maxTokens: 16,
         }).result;
-        await conversation.close();
+        await conversation.dispose();
         total++;
         if (answer.text.includes(obj.colour) && answer.text.includes(obj.shape)) right++;
       }

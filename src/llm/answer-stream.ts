@@ -1,4 +1,4 @@
-import type { AnswerResult, AnswerStream } from "../pipeline/types.js";
+import type { AnswerResult, AnswerStream } from "./types.js";
 
 /**
  * A single-consumer stream of text pieces with a final result. The producer pushes pieces and then

@@ -8,7 +8,7 @@ import type {
   FinishReason,
   GenerationOptions,
   Turn,
-} from "../pipeline/types.js";
+} from "./types.js";
 import { AnswerStreamController, StopStringFilter } from "./answer-stream.js";
 import { evaluateEmbeddings } from "./native.js";
 import type { LlavaPrompt } from "./prompt.js";
@@ -24,7 +24,6 @@ export type LlavaAnswerStream = AnswerStream & { readonly result: Promise<LlavaA
 
 export const DEFAULT_MAX_TOKENS = 512;
 const REPEAT_PENALTY_WINDOW = 64;
-const MAX_QUESTION_CHARS = 16_384;
 
 export interface ConversationSetup {
   id?: string;
@@ -159,12 +158,6 @@ export class LlavaConversation implements Conversation {
     if (typeof question !== "string" || question.trim().length === 0) {
       throw new RegionVqaError("invalid_request", "the question is empty");
     }
-    if (question.length > MAX_QUESTION_CHARS) {
-      throw new RegionVqaError(
-        "question_too_long",
-        `the question has ${question.length} characters, at most ${MAX_QUESTION_CHARS}`,
-      );
-    }
     const settings = resolveGeneration(options);
     const signal = options.signal;
     const aborted = (): LlavaAnswerResult => ({
@@ -274,7 +267,7 @@ export class LlavaConversation implements Conversation {
   }
 
   /** Frees the sequence for another conversation; pending questions finish first. */
-  close(): Promise<void> {
+  dispose(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
       await this.queue;

@@ -1,3 +1,4 @@
+export type * from "./types.js";
 export {
   LlavaModel,
   type LlavaModelOptions,

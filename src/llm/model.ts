@@ -9,7 +9,7 @@ import {
   type Token,
 } from "node-llama-cpp";
 import { RegionVqaError, isRegionVqaError } from "../common/errors.js";
-import type { Turn } from "../pipeline/types.js";
+import type { Turn } from "./types.js";
 import { LlavaConversation } from "./conversation.js";
 import { assertEmbeddingSupport, type NativeContextInfo } from "./native.js";
 import { LlavaPrompt, type LlavaPromptTemplate } from "./prompt.js";
@@ -233,7 +233,7 @@ export class LlavaModel {
     try {
       await conversation.start(image, options.history ?? []);
     } catch (err) {
-      await conversation.close();
+      await conversation.dispose();
       throw err;
     }
     return conversation;
@@ -300,7 +300,7 @@ export class LlavaModel {
     for (const waiter of this.waiting.splice(0)) {
       waiter.reject(new RegionVqaError("invalid_request", "the LLM was disposed"));
     }
-    await Promise.all([...this.open].map((c) => c.close().catch(() => undefined)));
+    await Promise.all([...this.open].map((c) => c.dispose().catch(() => undefined)));
     await this.context.dispose();
     await this.model.dispose();
     if (this.ownsLlama) await this.llama.dispose();

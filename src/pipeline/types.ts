@@ -1,43 +1,7 @@
+import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
 import type { Region, RgbImage } from "../vision/types.js";
 
-/** Sampling and stopping options of one answer. Temperature 0 = plain greedy decoding, no penalties. */
-export interface GenerationOptions {
-  maxTokens?: number;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  repeatPenalty?: number;
-  seed?: number;
-  stop?: string[];
-  signal?: AbortSignal;
-}
-
-export type FinishReason = "stop" | "length" | "abort";
-
-export interface AnswerResult {
-  text: string;
-  promptTokens: number;
-  completionTokens: number;
-  finishReason: FinishReason;
-}
-
-/** A streamed answer: iterate for text pieces (never a split UTF-8 character); `result` settles at the end. */
-export interface AnswerStream extends AsyncIterable<string> {
-  readonly result: Promise<AnswerResult>;
-}
-
-export interface Turn {
-  question: string;
-  answer: string;
-}
-
-/** One conversation about one image region, holding its KV cache on an LLM sequence. */
-export interface Conversation {
-  readonly id: string;
-  readonly turns: readonly Turn[];
-  ask(question: string, options?: GenerationOptions): AnswerStream;
-  close(): Promise<void>;
-}
+export type * from "../llm/types.js";
 
 export interface OpenConversationOptions {
   /** Earlier turns (e.g. from an OpenAI-style message history) to replay after the image. */
@@ -47,7 +11,7 @@ export interface OpenConversationOptions {
   decoded?: RgbImage;
   /**
    * Cancels the wait for a conversation slot. A prefill already running is not interrupted: the
-   * conversation is returned and the caller, seeing its signal fired, closes it.
+   * conversation is returned and the caller, seeing its signal fired, disposes of it.
    */
   signal?: AbortSignal;
 }

@@ -93,7 +93,7 @@ export async function evaluateShapes(
         }).result;
         answer = result.text.trim();
       } finally {
-        await conversation.close();
+        await conversation.dispose();
       }
       const correct = checkAnswer(ask.type, answer, truth);
       const t = tally.get(ask.category) ?? { correct: 0, total: 0 };

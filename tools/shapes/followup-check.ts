@@ -64,7 +64,7 @@ async function main(): Promise<void> {
         tally.set(second, t);
         if (i < 5) process.stderr.write(`${q1.text} / ${q2.text} -> ${answer} (${ok ? "ok" : "WRONG"})\n`);
       } finally {
-        await conversation.close();
+        await conversation.dispose();
       }
     }
   } finally {

@@ -400,7 +400,7 @@ const openAiRoutes: FastifyPluginAsync<OpenAiRoutesOptions> = async (
             () => lease.throwIfAborted(),
           );
         } finally {
-          await conversation.close().catch(() => undefined);
+          await conversation.dispose().catch(() => undefined);
         }
       } catch (err) {
         throw lease.reasonFor(err);

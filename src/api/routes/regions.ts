@@ -326,7 +326,7 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
       } finally {
         lease.release();
         // A conversation this request opened but never answered in is of no use to anyone.
-        if (failed && opened) await conversation?.close().catch(() => undefined);
+        if (failed && opened) await conversation?.dispose().catch(() => undefined);
       }
     },
   );
@@ -355,7 +355,7 @@ const conversationRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, 
       const conversation = pipeline.get().getConversation(id);
       if (!conversation)
         throw new RegionVqaError("conversation_not_found", `No conversation "${id}" (it may have expired).`);
-      await conversation.close();
+      await conversation.dispose();
       return { conversation_id: id, closed: true };
     },
   );

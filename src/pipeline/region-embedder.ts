@@ -1,0 +1,195 @@
+/**
+ * `RegionEmbedder`: image bytes + regions -> one block of LLM-ready image embeddings per region
+ * (decode, region mask, LLaVA preprocessing, Alpha-CLIP, projector). Blocks are cached by content
+ * (model, image bytes, mask) in a byte-bounded LRU, so a repeated image + region never re-runs the
+ * encoder; the regions of one image that miss the cache are encoded together in one batch.
+ */
+import { createHash } from "node:crypto";
+import { RegionVqaError } from "../common/errors.js";
+import { checkRegionCount } from "../common/limits.js";
+import type { Tensor } from "../common/tensor.js";
+import { checkProjectorWidths, LlavaProjector } from "../projector/index.js";
+import {
+  AlphaClipEncoder,
+  decodeImage,
+  llavaAlphaFromMask,
+  preprocessImageForLlava,
+  regionToMask,
+  type Region,
+  type RgbImage,
+} from "../vision/index.js";
+import { ByteLruCache, type ByteLruStats } from "./lru-cache.js";
+import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
+
+/** Projected image embeddings of one region, ready for the LLM: `count` rows of n_embd, row-major. */
+export interface RegionEmbeddings {
+  data: Float32Array;
+  count: number;
+}
+
+type EmbedderOptions = Pick<
+  ResolvedPipelineOptions,
+  | "vision"
+  | "projector"
+  | "device"
+  | "visionThreads"
+  | "visionCacheBytes"
+  | "decodeLimits"
+  | "maxRegions"
+  | "logger"
+  | "onStage"
+  | "onCache"
+>;
+
+function sha256(...parts: Uint8Array[]): string {
+  const h = createHash("sha256");
+  for (const p of parts) h.update(p);
+  return h.digest("hex");
+}
+
+/** Splits [N, T, W] into N row-major [T, W] blocks (views, no copy). */
+function splitBatch(t: Tensor): RegionEmbeddings[] {
+  const [n, tokens, width] = t.shape;
+  return Array.from({ length: n }, (_, i) => ({
+    data: t.data.subarray(i * tokens * width, (i + 1) * tokens * width),
+    count: tokens,
+  }));
+}
+
+export class RegionEmbedder {
+  private readonly cache: ByteLruCache<RegionEmbeddings>;
+  /** Cache keys start with the models' identity, so swapped models never meet stale entries. */
+  private readonly modelKey: string;
+
+  private constructor(
+    private readonly options: EmbedderOptions,
+    private readonly encoder: AlphaClipEncoder,
+    private readonly projector: LlavaProjector | undefined,
+  ) {
+    this.modelKey = sha256(new TextEncoder().encode(`${options.vision}|${options.projector ?? "fused"}`));
+    this.cache = new ByteLruCache(options.visionCacheBytes, (v) => v.data.byteLength);
+  }
+
+  static async load(options: EmbedderOptions): Promise<RegionEmbedder> {
+    const encoder = await AlphaClipEncoder.load(options.vision, {
+      device: options.device,
+      threads: options.visionThreads,
+      logger: options.logger,
+    });
+    try {
+      if (encoder.manifest.kind === "alpha-clip-llava-fused")
+        return new RegionEmbedder(options, encoder, undefined);
+      if (!options.projector) {
+        throw new RegionVqaError(
+          "model_invalid",
+          `the vision folder ${options.vision} has no projector; give a projector file (--projector)`,
+        );
+      }
+      // The projector runs where the encoder's auto/cuda/cpu choice landed.
+      const projector = await LlavaProjector.load(options.projector, {
+        threads: options.visionThreads,
+        device: encoder.provider,
+      });
+      return new RegionEmbedder(options, encoder, projector);
+    } catch (err) {
+      await encoder.dispose().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Where the encoder runs. */
+  get provider(): string {
+    return this.encoder.provider;
+  }
+
+  /** Throws `model_mismatch` unless the embeddings are as wide as the LLM's token embeddings. */
+  assertFits(llmEmbeddingLength: number): void {
+    if (this.projector) {
+      checkProjectorWidths(this.projector, { encoderWidth: this.encoder.config.width, llmEmbeddingLength });
+      return;
+    }
+    const c = this.encoder.config;
+    const outWidth = Number(c.projectorOutWidth ?? c.outWidth ?? NaN);
+    if (Number.isFinite(outWidth) && outWidth !== llmEmbeddingLength) {
+      throw new RegionVqaError(
+        "model_mismatch",
+        `the fused vision model outputs ${outWidth}-wide embeddings but the LLM takes ${llmEmbeddingLength}`,
+      );
+    }
+  }
+
+  private timed<T>(stage: PipelineStage, work: () => Promise<T> | T): Promise<T> {
+    const t0 = performance.now();
+    return Promise.resolve()
+      .then(work)
+      .finally(() => this.options.onStage(stage, performance.now() - t0));
+  }
+
+  /**
+   * Image + regions -> one embedding block per region, in order. `decoded` is `image` already decoded
+   * by the caller (it must be exactly that decoding): it saves a second decode.
+   */
+  async embed(image: Uint8Array, regions: Region[], decoded?: RgbImage): Promise<RegionEmbeddings[]> {
+    if (regions.length === 0) throw new RegionVqaError("invalid_request", "No region given.");
+    checkRegionCount(regions.length, this.options.maxRegions);
+    const rgb = decoded ?? (await this.timed("decode", () => decodeImage(image, this.options.decodeLimits)));
+    const imageHash = sha256(image);
+    const masks = regions.map((r) => regionToMask(r, rgb.width, rgb.height));
+    const keys = masks.map(
+      (m, i) => `${this.modelKey}:${imageHash}:${regions[i].kind === "whole" ? "whole" : sha256(m.data)}`,
+    );
+    const results = keys.map((k) => {
+      const hit = this.cache.get(k);
+      this.options.onCache(hit !== undefined);
+      return hit;
+    });
+    const todo = results.flatMap((r, i) => (r ? [] : [i]));
+    if (todo.length === 0) return results as RegionEmbeddings[];
+
+    const size = this.encoder.imageSize;
+    const plane = size * size;
+    // The image is padded and resized once; each region only adds its alpha plane.
+    const { pixelValues, alpha } = await this.timed("preprocess", () => {
+      const alpha = new Float32Array(todo.length * plane);
+      todo.forEach((i, j) => {
+        // "Whole image" is the reference's no-mask path: alpha is foreground everywhere, padding included.
+        const a = llavaAlphaFromMask(regions[i].kind === "whole" ? null : masks[i], size);
+        alpha.set(a.alpha.data, j * plane);
+      });
+      return { pixelValues: preprocessImageForLlava(rgb, size).pixelValues, alpha };
+    });
+    const encoded = await this.timed("encode", () =>
+      this.encoder.encode({ pixelValues, alpha: { data: alpha, shape: [todo.length, 1, size, size] } }),
+    );
+    let projected: Tensor;
+    if (encoded.projected) projected = encoded.projected;
+    else if (encoded.features && this.projector) {
+      const { features } = encoded;
+      const projector = this.projector;
+      projected = await this.timed("project", () => projector.project(features));
+    } else {
+      throw new RegionVqaError("model_invalid", "the vision model returned neither features nor embeddings");
+    }
+    splitBatch(projected).forEach((block, j) => {
+      const i = todo[j];
+      // Own copy per region so that evicting or transferring one never touches another.
+      const own = { data: block.data.slice(), count: block.count };
+      results[i] = own;
+      this.cache.set(keys[i], own);
+    });
+    return results as RegionEmbeddings[];
+  }
+
+  cacheStats(): ByteLruStats {
+    return this.cache.stats();
+  }
+
+  clearCache(): void {
+    this.cache.clear();
+  }
+
+  async dispose(): Promise<void> {
+    await this.projector?.dispose();
+    await this.encoder.dispose();
+  }
+}
