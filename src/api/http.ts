@@ -1,6 +1,6 @@
 /**
  * Small helpers the route groups share: pipeline access, generation options from request fields,
- * question checks, client-disconnect aborts, bearer-key checks and a server-sent-events writer.
+ * client-disconnect aborts, bearer-key checks and a server-sent-events writer.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import type { FastifyReply, FastifyRequest, onRequestHookHandler } from "fastify";
@@ -85,20 +85,6 @@ export function generationOptions(
   return options;
 }
 
-export function checkQuestion(question: unknown, limits: ServerLimits, field = "question"): string {
-  if (typeof question !== "string" || question.trim() === "") {
-    throw new RegionVqaError("invalid_request", `The ${field} is missing or empty.`);
-  }
-  if (question.length > limits.maxQuestionChars) {
-    throw new RegionVqaError(
-      "question_too_long",
-      `The ${field} has ${question.length} characters; the limit is ${limits.maxQuestionChars}.`,
-      { chars: question.length, maxChars: limits.maxQuestionChars },
-    );
-  }
-  return question.trim();
-}
-
 /** Token counts of an answer as the API reports them (native and OpenAI-compatible alike). */
 export function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens">) {
   return {
@@ -106,16 +92,6 @@ export function usageOf(r: Pick<AnswerResult, "promptTokens" | "completionTokens
     completion_tokens: r.completionTokens,
     total_tokens: r.promptTokens + r.completionTokens,
   };
-}
-
-/** The whole text of an answer whose first piece was already read (to learn early failures). */
-export async function readAnswerText(
-  iterator: AsyncIterator<string>,
-  first: IteratorResult<string>,
-): Promise<string> {
-  let text = "";
-  for (let step = first; !step.done; step = await iterator.next()) text += step.value;
-  return text;
 }
 
 /** An AbortSignal that fires when the client goes away before the response is complete. */

@@ -4,6 +4,7 @@
  * so every region reaching the pipeline is a non-empty mask of the image's size.
  */
 import { RegionVqaError, type ErrorCode } from "../common/errors.js";
+import { checkRegionCount } from "../common/limits.js";
 import type { ServerLimits } from "../config.js";
 import { decodeImage, decodeMaskImage } from "../vision/decode.js";
 import { alphaToMask, regionToMask } from "../vision/region.js";
@@ -250,16 +251,7 @@ export function regionSpecsFromBody(body: Record<string, unknown>, limits: Serve
   if (body.polygon !== undefined)
     specs.push({ kind: "polygon", polygons: parsePolygons(body.polygon, limits.maxPolygonPoints) });
   if (body.rle !== undefined) specs.push({ kind: "rle", rle: parseRle(body.rle) });
-  if (specs.length > limits.maxRegions) {
-    throw new RegionVqaError(
-      "too_many_regions",
-      `The request has ${specs.length} regions; the limit is ${limits.maxRegions}.`,
-      {
-        regions: specs.length,
-        maxRegions: limits.maxRegions,
-      },
-    );
-  }
+  checkRegionCount(specs.length, limits.maxRegions);
   return specs;
 }
 

@@ -2,33 +2,21 @@
  * The native REST API: region captions and region question answering (multi-turn, streamed or not).
  * Both take JSON (images as base64 / data URLs) or multipart/form-data (image and mask files).
  */
-import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { RegionVqaError } from "../../common/errors.js";
-import type { ServerConfig } from "../../config.js";
-import type { AnswerResult, AnswerStream, Conversation } from "../../pipeline/types.js";
-import { errorBody, toRegionVqaError } from "../errors.js";
+import { checkQuestion } from "../../common/limits.js";
+import type { Conversation } from "../../pipeline/types.js";
 import {
-  bearerAuth,
-  checkQuestion,
-  clientAbortSignal,
-  EventStream,
-  generationOptions,
-  readAnswerText,
-  usageOf,
-  type GenerationFields,
-  type PipelineHolder,
-} from "../http.js";
-import { bytesFromField, regionSpecsFromBody, resolveRegions, type RegionSpec } from "../input.js";
-import type { ServerMetrics } from "../metrics.js";
-import type { RequestScheduler } from "../scheduler.js";
+  answerQuestion,
+  regionsOf,
+  withLease,
+  type AnswerFormat,
+  type ModelRouteOptions,
+} from "../answer.js";
+import { errorBody } from "../errors.js";
+import { bearerAuth, generationOptions, usageOf, type GenerationFields } from "../http.js";
+import { bytesFromField, regionSpecsFromBody, type RegionSpec } from "../input.js";
 import { errorResponses, generationFields, jsonRegionFields, multipartRegionFields } from "../schemas.js";
-
-export interface RegionRoutesOptions {
-  pipeline: PipelineHolder;
-  config: ServerConfig;
-  metrics: ServerMetrics;
-  scheduler: RequestScheduler;
-}
 
 type Body = Record<string, unknown> & GenerationFields;
 
@@ -87,10 +75,28 @@ function bodySchemas(fields: Record<string, unknown>, required: string[] = []) {
   });
 }
 
-const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
-  app,
-  { pipeline, config, metrics, scheduler },
-) => {
+/** The native answer: JSON, or `conversation`, `delta`..., `done` | `error` events. */
+function nativeFormat(model: string): AnswerFormat<unknown> {
+  const json: AnswerFormat<unknown>["json"] = ({ conversation, result, text }) => ({
+    conversation_id: conversation.id,
+    model,
+    answer: text.trim(),
+    finish_reason: result.finishReason,
+    turns: conversation.turns.length,
+    usage: usageOf(result),
+  });
+  return {
+    json,
+    streamStart: (events, conversation) =>
+      events.send({ conversation_id: conversation.id, model }, "conversation"),
+    streamDelta: (events, piece) => events.send({ text: piece }, "delta"),
+    streamDone: (events, answer) => events.send(json(answer), "done"),
+    streamError: (events, err) => events.send(errorBody(err), "error"),
+  };
+}
+
+const regionsRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) => {
+  const { pipeline, config, metrics } = route;
   const limits = config.limits;
   app.addHook("onRequest", bearerAuth(config.apiKey));
 
@@ -148,11 +154,8 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
       const detail = (body.detail as "short" | "long" | undefined) ?? "short";
       const generation = generationOptions(body, limits);
       // Cheap checks first; decoding and the models wait for a turn.
-      const lease = await scheduler.admit(clientAbortSignal(request, reply));
-      try {
-        const { regions, decoded, decodeSeconds } = await resolveRegions(image, specs, limits);
-        metrics.observeStage("decode", decodeSeconds);
-        lease.throwIfAborted();
+      return withLease(route, request, reply, async (lease) => {
+        const { regions, decoded } = await regionsOf(route, lease, image, specs);
         const results = await p.captionRegions(image, regions, {
           ...generation,
           signal: lease.signal,
@@ -178,11 +181,7 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
           })),
           usage: usageOf({ promptTokens: prompt, completionTokens: completion }),
         };
-      } catch (err) {
-        throw lease.reasonFor(err);
-      } finally {
-        lease.release();
-      }
+      });
     },
   );
 
@@ -234,7 +233,7 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
     async (request, reply) => {
       const body = request.body as Body;
       const p = pipeline.get();
-      const question = checkQuestion(body.question, limits);
+      const question = checkQuestion(body.question, limits.maxQuestionChars);
       const generation = generationOptions(body, limits);
 
       let existing: Conversation | undefined;
@@ -270,69 +269,32 @@ const regionsRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (
           );
         }
       }
+      const systemPrompt =
+        typeof body.system_prompt === "string" && body.system_prompt !== "" ? body.system_prompt : undefined;
 
-      const lease = await scheduler.admit(clientAbortSignal(request, reply));
-      let conversation: Conversation | undefined = existing;
-      let opened = false;
-      let failed = true;
-      try {
-        if (!conversation) {
-          const { regions, decoded, decodeSeconds } = await resolveRegions(image!, specs, limits);
-          metrics.observeStage("decode", decodeSeconds);
-          lease.throwIfAborted();
-          // Built apart from the call: `signal` lets the pipeline give up waiting for an LLM slot.
-          const openOptions = {
-            systemPrompt:
-              typeof body.system_prompt === "string" && body.system_prompt !== ""
-                ? body.system_prompt
-                : undefined,
+      return answerQuestion(route, request, reply, {
+        // The conversation stays open for follow-ups (until DELETE, eviction or its idle timeout).
+        keep: true,
+        question,
+        generation,
+        stream: body.stream === true,
+        format: nativeFormat(p.models.id),
+        conversation: async (lease) => {
+          if (existing) return { conversation: existing, opened: false };
+          const { regions, decoded } = await regionsOf(route, lease, image!, specs);
+          const conversation = await p.openConversation(image!, regions[0], {
+            systemPrompt,
             signal: lease.signal,
             decoded,
-          };
-          conversation = await p.openConversation(image!, regions[0], openOptions);
-          opened = true;
-          lease.throwIfAborted();
-        }
-        const answer = conversation.ask(question, { ...generation, signal: lease.signal });
-        const iterator = answer[Symbol.asyncIterator]();
-        // Wait for the first piece before answering, so early failures get a proper status code.
-        const first = await iterator.next();
-        const current = conversation;
-        const finish = (result: AnswerResult, text: string) => {
-          metrics.recordAnswer(result);
-          // Cut short by the deadline (or a vanished client): an error, not a short answer.
-          lease.throwIfAborted();
-          return {
-            conversation_id: current.id,
-            model: p.models.id,
-            answer: text.trim(),
-            finish_reason: result.finishReason,
-            turns: current.turns.length,
-            usage: usageOf(result),
-          };
-        };
-
-        if (body.stream !== true) {
-          const text = await readAnswerText(iterator, first);
-          const response = finish(await answer.result, text);
-          failed = false;
-          return response;
-        }
-        failed = false;
-        await streamAnswer(reply, conversation.id, p.models.id, iterator, first, answer, finish);
-        return reply;
-      } catch (err) {
-        throw lease.reasonFor(err);
-      } finally {
-        lease.release();
-        // A conversation this request opened but never answered in is of no use to anyone.
-        if (failed && opened) await conversation?.dispose().catch(() => undefined);
-      }
+          });
+          return { conversation, opened: true };
+        },
+      });
     },
   );
 };
 
-const conversationRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, { pipeline, config }) => {
+const conversationRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { pipeline, config }) => {
   app.addHook("onRequest", bearerAuth(config.apiKey));
   app.delete(
     "/v1/regions/conversations/:id",
@@ -360,31 +322,6 @@ const conversationRoutes: FastifyPluginAsync<RegionRoutesOptions> = async (app, 
     },
   );
 };
-
-async function streamAnswer(
-  reply: FastifyReply,
-  conversationId: string,
-  model: string,
-  iterator: AsyncIterator<string>,
-  first: IteratorResult<string>,
-  answer: AnswerStream,
-  finish: (result: AnswerResult, text: string) => unknown,
-): Promise<void> {
-  const events = new EventStream(reply);
-  events.send({ conversation_id: conversationId, model }, "conversation");
-  let text = "";
-  try {
-    for (let step = first; !step.done; step = await iterator.next()) {
-      text += step.value;
-      events.send({ text: step.value }, "delta");
-    }
-    events.send(finish(await answer.result, text), "done");
-  } catch (err) {
-    // Headers are gone: the failure travels as an event.
-    events.send(errorBody(toRegionVqaError(err)), "error");
-  }
-  events.end();
-}
 
 export { conversationRoutes };
 export default regionsRoutes;
