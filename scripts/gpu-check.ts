@@ -12,7 +12,7 @@ import { AlphaClipEncoder, decodeImage, preprocessForLlava, regionToMask } from 
 
 const args = process.argv.slice(2);
 const modelFlag = args.indexOf("--model");
-const models = await resolveModelOptions({ model: modelFlag >= 0 ? args[modelFlag + 1] : undefined });
+const models = await resolveModelOptions({ preset: modelFlag >= 0 ? args[modelFlag + 1] : undefined });
 const imagePath = path.resolve("examples/shapes.png");
 const bytes = new Uint8Array(await readFile(imagePath));
 const image = await decodeImage(bytes);

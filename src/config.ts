@@ -5,6 +5,9 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { RegionVqaError } from "./common/errors.js";
+import { ORT_DEVICES, type OrtDevice } from "./common/ort/index.js";
+import type { LlmGpu } from "./llm/index.js";
+import { PIPELINE_DEFAULTS } from "./pipeline/options.js";
 
 export interface ServerLimits {
   /** Largest request body in bytes (JSON with base64 images, or the whole multipart body). */
@@ -44,7 +47,11 @@ export interface RemoteImageConfig {
   timeoutMs: number;
 }
 
-/** Which model to serve and how to run it; unset paths mean the bundled default model. */
+/**
+ * Which model to serve or ask and how to run it: what `--model`/`--vision`/... flags, a config file
+ * and `REGION_VQA_*` variables all produce. Unset = the pipeline's default (`PIPELINE_DEFAULTS`);
+ * no paths = the bundled model.
+ */
 export interface ModelConfig {
   /** Preset name or preset folder (see `region-vqa models`); default: the bundled model. */
   preset?: string;
@@ -54,10 +61,10 @@ export interface ModelConfig {
   projector?: string;
   /** LLM GGUF file. */
   llm?: string;
-  /** ONNX Runtime device for the vision encoder. */
-  device: "auto" | "cuda" | "cpu";
-  /** llama.cpp backend ("false" = CPU). */
-  gpu: "false" | "auto" | "cuda" | "vulkan";
+  /** ONNX Runtime device for the vision encoder and projector. */
+  device?: OrtDevice;
+  /** llama.cpp backend (false = the CPU). */
+  gpu?: LlmGpu;
   /** ONNX Runtime threads (unset: all cores). */
   visionThreads?: number;
   /** llama.cpp threads. */
@@ -92,18 +99,18 @@ export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "remoteIma
 export const defaultConfig: ServerConfig = {
   host: "127.0.0.1",
   port: 8080,
-  model: { device: "auto", gpu: "false" },
+  model: {},
   corsOrigins: [],
   limits: {
     maxBodyBytes: 20 * 1024 * 1024,
     maxImagePixels: 4096 * 4096,
-    maxRegions: 16,
-    maxQuestionChars: 2000,
+    maxRegions: PIPELINE_DEFAULTS.maxRegions,
+    maxQuestionChars: PIPELINE_DEFAULTS.maxQuestionChars,
     maxTokens: 512,
     maxMessages: 64,
     maxPolygonPoints: 10_000,
-    maxConversations: 4,
-    conversationTtlMs: 10 * 60_000,
+    maxConversations: PIPELINE_DEFAULTS.maxConversations,
+    conversationTtlMs: PIPELINE_DEFAULTS.conversationTtlMs,
     maxImageSide: 8192,
     maxConcurrentRequests: 4,
     maxQueue: 16,
@@ -234,6 +241,7 @@ function parseValue(field: string, raw: string, source: string): unknown {
     }
     return n;
   }
+  if (field === "model.gpu") return raw === "false" ? false : raw;
   if (listFields.has(field)) {
     return raw
       .split(",")
@@ -307,9 +315,12 @@ function validate(config: ServerConfig): ServerConfig {
     if (v !== undefined && (!Number.isInteger(v) || v < 1))
       problems.push(`model.${key} must be a whole number >= 1`);
   }
-  if (!["auto", "cuda", "cpu"].includes(config.model.device))
-    problems.push("model.device must be auto, cuda or cpu");
-  if (!["false", "auto", "cuda", "vulkan"].includes(config.model.gpu)) {
+  const { device, gpu } = config.model;
+  if (device !== undefined && !ORT_DEVICES.includes(device))
+    problems.push(`model.device must be ${ORT_DEVICES.join(", ")}`);
+  // A JSON file may say "false" as text, like the environment.
+  if ((gpu as unknown) === "false") config.model.gpu = false;
+  if (config.model.gpu !== undefined && ![false, "auto", "cuda", "vulkan"].includes(config.model.gpu)) {
     problems.push("model.gpu must be false, auto, cuda or vulkan");
   }
   if (Boolean(config.model.vision) !== Boolean(config.model.llm)) {

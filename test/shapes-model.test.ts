@@ -17,7 +17,7 @@ describe("bundled shapes model", () => {
 
   beforeAll(async () => {
     expect(DEFAULT_MODEL_DIR).toBe(path.join(repoRoot, "models", "shapes"));
-    const models = await resolveModelOptions({ threads: "1", llmThreads: "1", device: "cpu" });
+    const models = await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu" });
     pipeline = await createPipeline({ ...models, maxConversations: 2 });
   }, 120_000);
 

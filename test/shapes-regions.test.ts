@@ -14,7 +14,7 @@ describe("bundled model: the region decides the answer", () => {
   const stages: PipelineStage[] = [];
 
   beforeAll(async () => {
-    const models = await resolveModelOptions({ threads: "1", llmThreads: "1", device: "cpu" });
+    const models = await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu" });
     expect(models.vision).toBe(path.resolve("models/shapes/vision"));
     pipeline = await createPipeline({ ...models, maxConversations: 4, onStage: (s) => stages.push(s) });
   }, 120_000);

@@ -175,7 +175,7 @@ describe("chat UI with the bundled model in chromium", () => {
     const { resolveModelOptions } = await import("../src/cli/model-options.js");
     const { createPipeline } = await import("../src/pipeline/index.js");
     const shapes = await createPipeline({
-      ...(await resolveModelOptions({ threads: "1", llmThreads: "1", device: "cpu" })),
+      ...(await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu" })),
       maxConversations: 2,
     });
     const shapesServer = await startServer(shapes, {}, { uiRoot });

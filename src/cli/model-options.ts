@@ -1,6 +1,8 @@
 import path from "node:path";
 import { Command, Option } from "commander";
 import { RegionVqaError } from "../common/errors.js";
+import { ORT_DEVICES } from "../common/ort/index.js";
+import type { ModelConfig } from "../config.js";
 import { repoModelsDir, resolveModelPreset } from "../models/index.js";
 import type { PipelineOptions } from "../pipeline/index.js";
 import { numberFlag } from "./number-flag.js";
@@ -10,19 +12,24 @@ const positiveInteger = { min: 1, integer: true };
 /** The bundled default model (a preset folder in the package's models/). */
 export const DEFAULT_MODEL_DIR = path.join(repoModelsDir(), "shapes");
 
+/** The model flags as commander hands them over (text). */
 export interface ModelCliOptions {
   model?: string;
   vision?: string;
   projector?: string;
   llm?: string;
-  device?: "auto" | "cuda" | "cpu";
+  device?: string;
   gpu?: string;
   threads?: string;
   llmThreads?: string;
   contextSize?: string;
 }
 
-/** Adds the model-selection and engine flags shared by `ask`, `serve` and `eval-shapes`. */
+/**
+ * Adds the model-selection and engine flags shared by `ask`, `serve` and `eval-shapes`. They carry no
+ * commander defaults: an unset flag must not hide what `serve`'s config file or environment say. The
+ * defaults are the pipeline's (`PIPELINE_DEFAULTS`).
+ */
 export function addModelOptions(cmd: Command): Command {
   return cmd
     .option(
@@ -33,49 +40,62 @@ export function addModelOptions(cmd: Command): Command {
     .option("--projector <file>", "projector: mmproj GGUF, LLaVA checkpoint or projector folder")
     .option("--llm <file>", "LLM GGUF file")
     .addOption(
-      new Option("--device <device>", "ONNX Runtime device for vision")
-        .choices(["auto", "cuda", "cpu"])
-        .default("auto"),
+      new Option("--device <device>", "ONNX Runtime device for vision (default auto)").choices([
+        ...ORT_DEVICES,
+      ]),
     )
     .addOption(
-      new Option("--gpu <gpu>", "llama.cpp backend")
-        .choices(["false", "auto", "cuda", "vulkan"])
-        .default("false"),
+      new Option("--gpu <gpu>", "llama.cpp backend (default false: the CPU)").choices([
+        "false",
+        "auto",
+        "cuda",
+        "vulkan",
+      ]),
     )
     .option("--threads <n>", "ONNX Runtime threads (default: all cores)")
     .option("--llm-threads <n>", "llama.cpp threads (default 1; more only on a machine with idle cores)")
     .option("--context-size <n>", "LLM context positions per conversation");
 }
 
-/** Flags -> the model part of PipelineOptions. Explicit files win over --model; nothing given = bundled model. */
-export async function resolveModelOptions(
-  opts: ModelCliOptions,
-): Promise<
-  Pick<
-    PipelineOptions,
-    | "vision"
-    | "projector"
-    | "llm"
-    | "modelId"
-    | "device"
-    | "gpu"
-    | "visionThreads"
-    | "llmThreads"
-    | "contextSize"
-  >
-> {
-  const engine = {
-    device: opts.device ?? "auto",
-    gpu:
-      opts.gpu === undefined || opts.gpu === "false"
-        ? (false as const)
-        : (opts.gpu as "auto" | "cuda" | "vulkan"),
+/** Model flags -> typed values, each number checked with its flag's name before anything loads. */
+export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
+  return {
+    preset: opts.model,
+    vision: opts.vision,
+    projector: opts.projector,
+    llm: opts.llm,
+    device: opts.device as ModelConfig["device"],
+    gpu: opts.gpu === undefined ? undefined : opts.gpu === "false" ? false : (opts.gpu as ModelConfig["gpu"]),
     visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),
     llmThreads: numberFlag(opts.llmThreads, "--llm-threads", positiveInteger),
     contextSize: numberFlag(opts.contextSize, "--context-size", positiveInteger),
   };
-  if (opts.vision || opts.llm) {
-    if (!opts.vision || !opts.llm) {
+}
+
+export type ModelPipelineOptions = Pick<
+  PipelineOptions,
+  | "vision"
+  | "projector"
+  | "llm"
+  | "modelId"
+  | "device"
+  | "gpu"
+  | "visionThreads"
+  | "llmThreads"
+  | "contextSize"
+>;
+
+/** A model choice -> the model part of PipelineOptions. Explicit files win over a preset; nothing = bundled. */
+export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipelineOptions> {
+  const engine = {
+    device: model.device,
+    gpu: model.gpu,
+    visionThreads: model.visionThreads,
+    llmThreads: model.llmThreads,
+    contextSize: model.contextSize,
+  };
+  if (model.vision || model.llm) {
+    if (!model.vision || !model.llm) {
       throw new RegionVqaError(
         "invalid_request",
         "give both --vision and --llm (and --projector unless the vision folder is fused)",
@@ -83,20 +103,19 @@ export async function resolveModelOptions(
     }
     return {
       ...engine,
-      vision: opts.vision,
-      projector: opts.projector,
-      llm: opts.llm,
-      modelId: path.basename(opts.llm),
+      vision: model.vision,
+      projector: model.projector,
+      llm: model.llm,
+      modelId: path.basename(model.llm),
     };
   }
-  const name = opts.model ?? DEFAULT_MODEL_DIR;
-  const resolved = await resolveModelPreset(name);
+  const resolved = await resolveModelPreset(model.preset ?? DEFAULT_MODEL_DIR);
   return {
     ...engine,
     vision: resolved.visionDir,
-    projector: opts.projector ?? resolved.projectorPath,
+    projector: model.projector ?? resolved.projectorPath,
     llm: resolved.llmPath,
     // A folder is named by its last path part, never by its full path (it shows in /v1/models).
-    modelId: opts.model ? path.basename(path.resolve(opts.model)) : "shapes",
+    modelId: model.preset ? path.basename(path.resolve(model.preset)) : "shapes",
   };
 }

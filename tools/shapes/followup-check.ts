@@ -28,9 +28,9 @@ async function main(): Promise<void> {
   const scenes = Number(scenesArg);
   const seed = Number(seedArg);
   const models = await resolveModelOptions({
-    model: path.resolve(modelDir),
-    threads: "1",
-    llmThreads: "1",
+    preset: path.resolve(modelDir),
+    visionThreads: 1,
+    llmThreads: 1,
     device: "cpu",
   });
   const pipeline = await createPipeline({ ...models, maxConversations: 2 });

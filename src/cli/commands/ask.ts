@@ -1,6 +1,11 @@
 import { Command } from "commander";
 import { createPipeline } from "../../pipeline/index.js";
-import { addModelOptions, resolveModelOptions, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  modelConfigFromFlags,
+  resolveModelOptions,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { numberFlag } from "../number-flag.js";
 import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
 
@@ -59,7 +64,7 @@ export function register(program: Command): void {
       };
       const [{ image, region }, models] = await Promise.all([
         readImageAndRegion(opts),
-        resolveModelOptions(opts),
+        resolveModelOptions(modelConfigFromFlags(opts)),
       ]);
       const t0 = performance.now();
       const pipeline = await createPipeline({

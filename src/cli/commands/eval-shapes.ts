@@ -2,7 +2,12 @@ import { Command } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { QUESTION_TYPES, evaluateShapes, type QuestionType } from "../../shapes/index.js";
-import { addModelOptions, resolveModelOptions, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  modelConfigFromFlags,
+  resolveModelOptions,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { numberFlag } from "../number-flag.js";
 
 interface EvalShapesCliOptions extends ModelCliOptions {
@@ -48,7 +53,7 @@ export function register(program: Command): void {
           );
         }
       }
-      const models = await resolveModelOptions(opts);
+      const models = await resolveModelOptions(modelConfigFromFlags(opts));
       const pipeline = await createPipeline({ ...models, maxConversations: 2 });
       try {
         let done = 0;

@@ -3,72 +3,47 @@ import { buildServer, closeGracefully, ServerMetrics } from "../../api/index.js"
 import { RegionVqaError } from "../../common/errors.js";
 import { environmentVariables, loadConfig, type ServerConfig, type ServerConfigInput } from "../../config.js";
 import { createPipeline } from "../../pipeline/index.js";
-import { resolveModelOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  modelConfigFromFlags,
+  resolveModelOptions,
+  type ModelCliOptions,
+} from "../model-options.js";
+import { numberFlag } from "../number-flag.js";
 
-interface ServeCliOptions {
+interface ServeCliOptions extends ModelCliOptions {
   port?: string;
   host?: string;
   config?: string;
-  model?: string;
-  vision?: string;
-  projector?: string;
-  llm?: string;
-  device?: "auto" | "cuda" | "cpu";
-  gpu?: "false" | "auto" | "cuda" | "vulkan";
-  threads?: string;
-  llmThreads?: string;
-  contextSize?: string;
   cors?: string;
   logLevel?: ServerConfig["logLevel"];
 }
 
-const int = (v: string | undefined) => (v === undefined ? undefined : Number(v));
-
-/** Flags -> a config layer (only the flags given; the rest comes from defaults, file and environment). */
+/** Flags -> a typed config layer (only the flags given; the rest comes from defaults, file and environment). */
 function flagsToConfig(opts: ServeCliOptions): ServerConfigInput {
   return {
     host: opts.host,
-    port: int(opts.port),
+    port: numberFlag(opts.port, "--port", { min: 0, max: 65535, integer: true }),
     corsOrigins: opts.cors
       ?.split(",")
       .map((s) => s.trim())
       .filter(Boolean),
     logLevel: opts.logLevel,
-    model: {
-      preset: opts.model,
-      vision: opts.vision,
-      projector: opts.projector,
-      llm: opts.llm,
-      device: opts.device,
-      gpu: opts.gpu,
-      visionThreads: int(opts.threads),
-      llmThreads: int(opts.llmThreads),
-      contextSize: int(opts.contextSize),
-    },
+    model: modelConfigFromFlags(opts),
   };
 }
 
 /** Loads the models named by the config, reporting stage timings and cache lookups into `metrics`. */
 export async function pipelineFromConfig(config: ServerConfig, metrics: ServerMetrics) {
-  const m = config.model;
-  const models = await resolveModelOptions({
-    model: m.preset,
-    vision: m.vision,
-    projector: m.projector,
-    llm: m.llm,
-    device: m.device,
-    gpu: m.gpu,
-    threads: m.visionThreads?.toString(),
-    llmThreads: m.llmThreads?.toString(),
-    contextSize: m.contextSize?.toString(),
-  });
+  const models = await resolveModelOptions(config.model);
+  const limits = config.limits;
   return createPipeline({
     ...models,
-    maxRegions: config.limits.maxRegions,
-    maxQuestionChars: config.limits.maxQuestionChars,
-    maxConversations: config.limits.maxConversations,
-    conversationTtlMs: config.limits.conversationTtlMs,
-    decodeLimits: { maxBytes: config.limits.maxBodyBytes, maxPixels: config.limits.maxImagePixels },
+    maxRegions: limits.maxRegions,
+    maxQuestionChars: limits.maxQuestionChars,
+    maxConversations: limits.maxConversations,
+    conversationTtlMs: limits.conversationTtlMs,
+    decodeLimits: { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels },
     onStage: (stage, ms) => metrics.observeStage(stage, ms / 1000),
     onCache: (hit) => metrics.recordCache("vision_embeddings", hit),
   });
@@ -80,23 +55,13 @@ export async function pipelineFromConfig(config: ServerConfig, metrics: ServerMe
  */
 export function register(program: Command): void {
   const envHelp = environmentVariables.map((e) => `  ${e.name.padEnd(36)} ${e.help}`).join("\n");
-  program
+  const cmd = program
     .command("serve")
     .description("serve the HTTP API (/v1/regions/*, OpenAI-compatible /v1/chat/completions) and the chat UI")
     .option("--port <n>", "port to listen on (default 8080; 0 = any free port)")
     .option("--host <addr>", "address to listen on (default 127.0.0.1)")
-    .option("--config <file.json>", "JSON config file (same shape as the config object; see docs/api.md)")
-    .option("--model <name|dir>", "model preset name or folder; default: the bundled model")
-    .option("--vision <dir>", "Alpha-CLIP model folder (overrides --model; needs --llm)")
-    .option("--projector <file>", "projector: mmproj GGUF, LLaVA checkpoint or projector folder")
-    .option("--llm <file.gguf>", "LLM GGUF file")
-    .addOption(
-      new Option("--device <device>", "ONNX Runtime device for vision").choices(["auto", "cuda", "cpu"]),
-    )
-    .addOption(new Option("--gpu <gpu>", "llama.cpp backend").choices(["false", "auto", "cuda", "vulkan"]))
-    .option("--threads <n>", "ONNX Runtime threads")
-    .option("--llm-threads <n>", "llama.cpp threads")
-    .option("--context-size <n>", "LLM context positions per conversation")
+    .option("--config <file.json>", "JSON config file (same shape as the config object; see docs/api.md)");
+  addModelOptions(cmd)
     .option("--cors <origins>", "comma-separated origins allowed by CORS (off by default)")
     .addOption(
       new Option("--log-level <level>", "request log level").choices([
