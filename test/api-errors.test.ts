@@ -1,30 +1,24 @@
 /**
- * Every kind of bad input gets a 4xx JSON `{error: {code, message}}`, never a 500 or a hang. Most
- * checks happen before the pipeline; the real pipeline (small real models) serves the few requests
- * that pass validation.
+ * Every kind of bad input gets a 4xx JSON `{error: {code, message}}`, never a 500 or a hang. This is
+ * the API's own logic, so it runs in-process (`app.inject()`) over the scripted pipeline
+ * (support/scripted-pipeline.ts): no model runs. The same corpus against real engines and real
+ * sockets is robustness.test.ts.
  */
+import type { FastifyInstance, InjectOptions } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  dataUrl,
-  json,
-  makeImage,
-  makeMask,
-  startServer,
-  realPipeline,
-  type RunningServer,
-} from "./api-support.js";
-import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
+import { ScriptedPipeline } from "./support/scripted-pipeline.js";
+import { dataUrl, injectServer, makeImage, makeMask } from "./support/server.js";
 
-let pipeline: LocalRegionVqaPipeline;
-let server: RunningServer;
+let pipeline: ScriptedPipeline;
+let server: FastifyInstance;
 let image: string;
 let big: string;
 let wrongMask: string;
 let emptyMask: string;
 
 beforeAll(async () => {
-  pipeline = await realPipeline();
-  server = await startServer(pipeline, {
+  pipeline = new ScriptedPipeline();
+  server = await injectServer(pipeline, {
     limits: {
       maxBodyBytes: 200_000,
       maxImagePixels: 100 * 100,
@@ -40,13 +34,23 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await server?.close();
-  await pipeline?.dispose();
 });
 
-async function expectError(response: Response, status: number, code: string): Promise<string> {
-  const text = await response.text();
-  expect(response.status, text).toBe(status);
-  expect(response.headers.get("content-type")).toMatch(/^application\/json/);
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | number | undefined>;
+  text: string;
+}
+
+async function request(app: FastifyInstance, options: InjectOptions): Promise<Answer> {
+  const r = await app.inject(options);
+  return { status: r.statusCode, headers: r.headers, text: r.body };
+}
+
+async function expectError(answer: Answer | Promise<Answer>, status: number, code: string): Promise<string> {
+  const { status: got, headers, text } = await answer;
+  expect(got, text).toBe(status);
+  expect(String(headers["content-type"])).toMatch(/^application\/json/);
   const body = JSON.parse(text);
   expect(body.error.code).toBe(code);
   expect(typeof body.error.message).toBe("string");
@@ -55,10 +59,11 @@ async function expectError(response: Response, status: number, code: string): Pr
 }
 
 const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(`${server.url}${path}`, {
+  request(server, {
     method: "POST",
+    url: path,
     headers: { "content-type": "application/json", ...headers },
-    body: typeof body === "string" ? body : JSON.stringify(body),
+    payload: typeof body === "string" ? body : JSON.stringify(body),
   });
 
 describe("bad input to /v1/regions/ask", () => {
@@ -152,7 +157,7 @@ describe("bad input to /v1/regions/ask", () => {
   }
 
   it("a follow-up that also sends an image is refused", async () => {
-    const first = await json(await post("/v1/regions/ask", { image, question: "Q" }));
+    const first = JSON.parse((await post("/v1/regions/ask", { image, question: "Q" })).text);
     await expectError(
       await post("/v1/regions/ask", { conversation_id: first.conversation_id, image, question: "Q2" }),
       400,
@@ -184,7 +189,7 @@ describe("bad requests in general", () => {
     const form = new FormData();
     form.append("image", new Blob([new Uint8Array(300_000)]), "big.png");
     form.append("question", "Q");
-    const r = await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form });
+    const r = await request(server, { method: "POST", url: "/v1/regions/ask", payload: form });
     await expectError(r, 413, "payload_too_large");
   });
 
@@ -193,10 +198,11 @@ describe("bad requests in general", () => {
   });
 
   it("an unsupported content type -> 415 unsupported_media_type", async () => {
-    const r = await fetch(`${server.url}/v1/regions/ask`, {
+    const r = await request(server, {
       method: "POST",
+      url: "/v1/regions/ask",
       headers: { "content-type": "text/plain" },
-      body: "hi",
+      payload: "hi",
     });
     await expectError(r, 415, "unsupported_media_type");
   });
@@ -207,7 +213,7 @@ describe("bad requests in general", () => {
     form.append("polygon", "[1, 2,");
     form.append("question", "Q");
     await expectError(
-      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form }),
+      await request(server, { method: "POST", url: "/v1/regions/ask", payload: form }),
       400,
       "polygon_invalid",
     );
@@ -216,7 +222,7 @@ describe("bad requests in general", () => {
     form2.append("options", "{nope");
     form2.append("question", "Q");
     await expectError(
-      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form2 }),
+      await request(server, { method: "POST", url: "/v1/regions/ask", payload: form2 }),
       400,
       "invalid_request",
     );
@@ -228,14 +234,14 @@ describe("bad requests in general", () => {
     form.append("mask", new Blob([Buffer.from("garbage")]), "m.png");
     form.append("question", "Q");
     await expectError(
-      await fetch(`${server.url}/v1/regions/ask`, { method: "POST", body: form }),
+      await request(server, { method: "POST", url: "/v1/regions/ask", payload: form }),
       400,
       "mask_undecodable",
     );
   });
 
   it("an unknown route -> 404 route_not_found", async () => {
-    await expectError(await fetch(`${server.url}/v1/nothing`), 404, "route_not_found");
+    await expectError(request(server, { url: "/v1/nothing" }), 404, "route_not_found");
   });
 
   it("chat completions: remote image URL without an allow-list -> 403 remote_fetch_forbidden", async () => {
@@ -299,9 +305,9 @@ describe("bad requests in general", () => {
 });
 
 describe("API key and CORS", () => {
-  let secured: RunningServer;
+  let secured: FastifyInstance;
   beforeAll(async () => {
-    secured = await startServer(pipeline, {
+    secured = await injectServer(pipeline, {
       apiKey: "s3cret",
       corsOrigins: ["http://app.example"],
     });
@@ -309,42 +315,40 @@ describe("API key and CORS", () => {
   afterAll(async () => secured?.close());
 
   it("refuses /v1 without the key, accepts it with the key; ops stay open", async () => {
-    await expectError(await fetch(`${secured.url}/v1/models`), 401, "unauthorized");
+    await expectError(request(secured, { url: "/v1/models" }), 401, "unauthorized");
     await expectError(
-      await fetch(`${secured.url}/v1/models`, { headers: { authorization: "Bearer wrong" } }),
+      request(secured, { url: "/v1/models", headers: { authorization: "Bearer wrong" } }),
       401,
       "unauthorized",
     );
-    const ok = await fetch(`${secured.url}/v1/models`, { headers: { authorization: "Bearer s3cret" } });
+    const ok = await request(secured, { url: "/v1/models", headers: { authorization: "Bearer s3cret" } });
     expect(ok.status).toBe(200);
-    expect((await json(ok)).data[0].id).toBe("tiny-test");
-    expect((await fetch(`${secured.url}/healthz`)).status).toBe(200);
+    expect(JSON.parse(ok.text).data[0].id).toBe("scripted");
+    expect((await request(secured, { url: "/healthz" })).status).toBe(200);
   });
 
+  const preflight = (app: FastifyInstance, url: string, origin: string, method: string) =>
+    request(app, {
+      method: "OPTIONS",
+      url,
+      headers: { origin, "access-control-request-method": method },
+    });
+
   it("answers CORS preflights for allowed origins only", async () => {
-    const allowed = await fetch(`${secured.url}/v1/regions/ask`, {
-      method: "OPTIONS",
-      headers: { origin: "http://app.example", "access-control-request-method": "POST" },
-    });
-    expect(allowed.headers.get("access-control-allow-origin")).toBe("http://app.example");
-    const other = await fetch(`${secured.url}/v1/regions/ask`, {
-      method: "OPTIONS",
-      headers: { origin: "http://evil.example", "access-control-request-method": "POST" },
-    });
-    expect(other.headers.get("access-control-allow-origin")).toBeNull();
+    const allowed = await preflight(secured, "/v1/regions/ask", "http://app.example", "POST");
+    expect(allowed.headers["access-control-allow-origin"]).toBe("http://app.example");
+    const other = await preflight(secured, "/v1/regions/ask", "http://evil.example", "POST");
+    expect(other.headers["access-control-allow-origin"]).toBeUndefined();
   });
 
   it("lets an allowed origin end a conversation (DELETE passes the preflight)", async () => {
-    const preflight = await fetch(`${secured.url}/v1/regions/conversations/conv_x`, {
-      method: "OPTIONS",
-      headers: { origin: "http://app.example", "access-control-request-method": "DELETE" },
-    });
-    const methods = (preflight.headers.get("access-control-allow-methods") ?? "").split(/\s*,\s*/);
+    const r = await preflight(secured, "/v1/regions/conversations/conv_x", "http://app.example", "DELETE");
+    const methods = String(r.headers["access-control-allow-methods"] ?? "").split(/\s*,\s*/);
     expect(methods).toContain("DELETE");
   });
 
   it("sends no CORS headers when CORS is off (the default)", async () => {
-    const r = await fetch(`${server.url}/healthz`, { headers: { origin: "http://app.example" } });
-    expect(r.headers.get("access-control-allow-origin")).toBeNull();
+    const r = await request(server, { url: "/healthz", headers: { origin: "http://app.example" } });
+    expect(r.headers["access-control-allow-origin"]).toBeUndefined();
   });
 });

@@ -1,8 +1,9 @@
 /**
- * The HTTP server on loopback: native region endpoints (JSON and multipart, streamed and not),
- * follow-up turns, ops endpoints, the OpenAPI document, on the real pipeline with small real models
- * (random LLM weights: answers are gibberish, so the tests check plumbing and that one region stated
- * in different ways gives the same greedy answer). Bad inputs are in api-errors.test.ts.
+ * The native region endpoints end to end: a real server on loopback over the real pipeline with small
+ * real models (random LLM weights: answers are gibberish, so the tests check that one region stated in
+ * different ways gives the same greedy answer, that follow-ups reuse the real conversation, and that
+ * metrics see the real stages). The API's own logic (formats, ids, options, ops, OpenAPI) is tested
+ * in-process in api-inject.test.ts; bad inputs in api-errors.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -15,7 +16,7 @@ import {
   realPipeline,
   startServer,
   type RunningServer,
-} from "./api-support.js";
+} from "./support/server.js";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { ServerMetrics } from "../src/api/index.js";
 
@@ -37,65 +38,6 @@ afterAll(async () => {
 });
 
 const post = (path: string, body: unknown) => postJson(server, path, body);
-
-describe("ops endpoints", () => {
-  it("answers /healthz, /readyz and /metrics", async () => {
-    expect(await json(await fetch(`${server.url}/healthz`))).toEqual({ status: "ok" });
-    const ready = await fetch(`${server.url}/readyz`);
-    expect(ready.status).toBe(200);
-    expect((await json(ready)).status).toBe("ready");
-    await fetch(`${server.url}/healthz`);
-    const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    expect(metrics).toMatch(
-      /region_vqa_http_requests_total\{route="\/healthz",method="GET",status="200"\} [1-9]/,
-    );
-    expect(metrics).toContain("region_vqa_pipeline_stage_duration_seconds");
-    expect(metrics).toContain("region_vqa_queue_depth");
-  });
-
-  it("serves an OpenAPI document listing every endpoint, and a docs page", async () => {
-    const doc = await json(await fetch(`${server.url}/docs/json`));
-    expect(doc.openapi).toMatch(/^3\./);
-    for (const p of [
-      "/v1/regions/caption",
-      "/v1/regions/ask",
-      "/v1/chat/completions",
-      "/v1/models",
-      "/healthz",
-      "/readyz",
-      "/metrics",
-    ]) {
-      expect(Object.keys(doc.paths)).toContain(p);
-    }
-    const ask = doc.paths["/v1/regions/ask"].post.requestBody.content;
-    expect(Object.keys(ask)).toEqual(expect.arrayContaining(["application/json", "multipart/form-data"]));
-    expect(ask["multipart/form-data"].schema.properties.image).toMatchObject({
-      type: "string",
-      format: "binary",
-    });
-    const page = await fetch(`${server.url}/docs/`);
-    expect(page.status).toBe(200);
-    expect(await page.text()).toContain("swagger");
-  });
-
-  it("reports /readyz 503 while the pipeline is still loading", async () => {
-    let finish!: (p: LocalRegionVqaPipeline) => void;
-    const loading = new Promise<LocalRegionVqaPipeline>((r) => (finish = r));
-    const s = await startServer(loading);
-    try {
-      const r = await fetch(`${s.url}/readyz`);
-      expect(r.status).toBe(503);
-      const ask = await fetch(`${s.url}/v1/models`);
-      expect(ask.status).toBe(503);
-      expect((await json(ask)).error.code).toBe("overloaded");
-      finish(pipeline);
-      await new Promise((r) => setTimeout(r, 50));
-      expect((await fetch(`${s.url}/readyz`)).status).toBe(200);
-    } finally {
-      await s.close();
-    }
-  });
-});
 
 type Caption = {
   index: number;

@@ -8,7 +8,7 @@ import { cpSync, mkdtempSync, rmSync, statSync, truncateSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dataUrl, makeImage } from "./api-support.js";
+import { dataUrl, makeImage } from "./support/server.js";
 import { repoRoot, tinyModels, type TinyModels } from "./support/tiny-models.js";
 
 let models: TinyModels;

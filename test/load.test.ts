@@ -13,7 +13,7 @@ import {
   realPipeline,
   startServer,
   type RunningServer,
-} from "./api-support.js";
+} from "./support/server.js";
 
 const DURATION_MS = 30_000;
 const CLIENTS = 12;

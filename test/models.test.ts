@@ -11,8 +11,15 @@ import {
   type DownloadProgress,
   type InstalledEntry,
 } from "../src/models/index.js";
-import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
-import { failure, HF_DIR, LLM_Q4, MMPROJ, removeTempModelsDirs, tempModelsDir } from "./pull-helpers.js";
+import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./support/pull-fakehost.js";
+import {
+  failure,
+  HF_DIR,
+  LLM_Q4,
+  MMPROJ,
+  removeTempModelsDirs,
+  tempModelsDir,
+} from "./support/pull-helpers.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 

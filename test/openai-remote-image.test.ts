@@ -7,7 +7,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { json, makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import { json, makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;

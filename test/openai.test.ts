@@ -6,7 +6,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { dataUrl, makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import { dataUrl, makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;

@@ -11,7 +11,7 @@ import {
   sidecarPathFor,
   type DownloadProgress,
 } from "../src/models/index.js";
-import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
+import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./support/pull-fakehost.js";
 import {
   catalogWith,
   failure,
@@ -20,7 +20,7 @@ import {
   MMPROJ,
   removeTempModelsDirs,
   tempModelsDir,
-} from "./pull-helpers.js";
+} from "./support/pull-helpers.js";
 
 const FILE_PATH = `${HF_DIR}/${LLM_Q4}`;
 

@@ -12,7 +12,7 @@ import {
   type Catalog,
 } from "../src/models/index.js";
 import { AlphaClipEncoder } from "../src/vision/index.js";
-import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./pull-fakehost.js";
+import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./support/pull-fakehost.js";
 import {
   catalogWith,
   CKPT_20M,
@@ -24,7 +24,7 @@ import {
   OPENXLAB_DIR,
   removeTempModelsDirs,
   tempModelsDir,
-} from "./pull-helpers.js";
+} from "./support/pull-helpers.js";
 
 const repoRoot = path.resolve(import.meta.dirname, "..");
 const golden = (p: string) => path.resolve(repoRoot, "test/fixtures/golden", p);

@@ -10,7 +10,7 @@ import { RegionVqaError } from "../src/common/errors.js";
 import { RequestScheduler } from "../src/api/index.js";
 import { loadConfig } from "../src/config.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { dataUrl, makeImage, readSse, startServer, type RunningServer } from "./api-support.js";
+import { dataUrl, makeImage, readSse, startServer, type RunningServer } from "./support/server.js";
 import { tinyModels } from "./support/tiny-models.js";
 
 const LONG = 1800; // tokens: several seconds of generation on this machine

@@ -15,7 +15,7 @@ import {
   realPipeline,
   startServer,
   type RunningServer,
-} from "./api-support.js";
+} from "./support/server.js";
 
 const BODY_LIMIT = 1_000_000;
 const RECEIVE_TIMEOUT_MS = 1500;

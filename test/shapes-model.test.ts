@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_MODEL_DIR, resolveModelOptions } from "../src/cli/model-options.js";
+import { DEFAULT_MODEL_DIR, resolveModelOptions } from "../src/models/index.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { decodeMaskImage } from "../src/vision/index.js";
 import { evaluateShapes, type ShapesEvalRecord } from "../src/shapes/index.js";

@@ -5,7 +5,7 @@
  */
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { resolveModelOptions } from "../src/cli/model-options.js";
+import { resolveModelOptions } from "../src/models/index.js";
 import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
 import { encodePng, generateScene, objectBox, renderScene } from "../src/shapes/index.js";
 

@@ -11,7 +11,7 @@ import path from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import { makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
 import { repoRoot } from "./support/tiny-models.js";
 
 const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";

@@ -10,7 +10,7 @@ import path from "node:path";
 import { chromium, type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { makeImage, realPipeline, startServer, type RunningServer } from "./api-support.js";
+import { makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
 import { repoRoot } from "./support/tiny-models.js";
 
 const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -172,7 +172,7 @@ describe("chat UI in chromium", () => {
 
 describe("chat UI with the bundled model in chromium", () => {
   it("a box dragged over the red square gets the answer 'red', streamed into the page", async () => {
-    const { resolveModelOptions } = await import("../src/cli/model-options.js");
+    const { resolveModelOptions } = await import("../src/models/index.js");
     const { createPipeline } = await import("../src/pipeline/index.js");
     const shapes = await createPipeline({
       ...(await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu" })),

@@ -3,8 +3,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { expect } from "vitest";
-import { RegionVqaError } from "../src/common/errors.js";
-import { DEFAULT_CATALOG, type Catalog } from "../src/models/index.js";
+import { RegionVqaError } from "../../src/common/errors.js";
+import { DEFAULT_CATALOG, type Catalog } from "../../src/models/index.js";
 import { sha256Of } from "./pull-fakehost.js";
 
 export const HF_DIR = "/second-state/Llava-v1.5-7B-GGUF/resolve/main";

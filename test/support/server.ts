@@ -4,10 +4,10 @@
  */
 import sharp from "sharp";
 import type { FastifyInstance } from "fastify";
-import { buildServer, ServerMetrics, type BuildServerOptions } from "../src/api/index.js";
-import { loadConfig, type ServerConfigInput } from "../src/config.js";
-import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { tinyModels } from "./support/tiny-models.js";
+import { buildServer, ServerMetrics, type BuildServerOptions } from "../../src/api/index.js";
+import { loadConfig, type ServerConfigInput } from "../../src/config.js";
+import { createPipeline, type LocalRegionVqaPipeline } from "../../src/pipeline/index.js";
+import { tinyModels } from "./tiny-models.js";
 
 /** A W x H PNG: left half red, right half blue (optionally with an alpha channel: right half opaque). */
 export async function makeImage(width = 64, height = 48, withAlpha = false): Promise<Buffer> {
@@ -62,6 +62,25 @@ export async function startServer(
   return { app, url: address, close: () => app.close() };
 }
 
+/**
+ * A server over `pipeline` that never binds a socket: requests go through `app.inject()` (Fastify's
+ * in-process testing). For the API's own logic; loopback suites use `startServer`.
+ */
+export async function injectServer(
+  pipeline: BuildServerOptions["pipeline"],
+  config: ServerConfigInput = {},
+  extra: Partial<BuildServerOptions> = {},
+): Promise<FastifyInstance> {
+  const app = await buildServer({
+    pipeline,
+    config: loadConfig({ env: {}, flags: { logLevel: "silent", ...config } }),
+    disposePipelineOnClose: false,
+    ...extra,
+  });
+  await app.ready();
+  return app;
+}
+
 export interface SseEvent {
   event?: string;
   data: string;
@@ -69,7 +88,11 @@ export interface SseEvent {
 
 /** Reads a whole text/event-stream response into its events. */
 export async function readSse(response: Response): Promise<SseEvent[]> {
-  const text = await response.text();
+  return parseSse(await response.text());
+}
+
+/** A text/event-stream body -> its events. */
+export function parseSse(text: string): SseEvent[] {
   const events: SseEvent[] = [];
   for (const block of text.split("\n\n")) {
     if (block.trim() === "") continue;
