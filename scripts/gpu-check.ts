@@ -5,7 +5,7 @@
  */
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import { resolveModelOptions } from "../src/cli/model-options.js";
+import { resolveModelOptions } from "../src/models/index.js";
 import { maxAbsDiff } from "../src/common/tensor.js";
 import { createPipeline } from "../src/pipeline/index.js";
 import { AlphaClipEncoder, decodeImage, preprocessForLlava, regionToMask } from "../src/vision/index.js";

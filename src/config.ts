@@ -5,9 +5,11 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { RegionVqaError } from "./common/errors.js";
-import { ORT_DEVICES, type OrtDevice } from "./common/ort/index.js";
-import type { LlmGpu } from "./llm/index.js";
+import { ORT_DEVICES } from "./common/ort/index.js";
+import type { ModelConfig } from "./models/index.js";
 import { PIPELINE_DEFAULTS } from "./pipeline/options.js";
+
+export type { ModelConfig } from "./models/index.js";
 
 export interface ServerLimits {
   /** Largest request body in bytes (JSON with base64 images, or the whole multipart body). */
@@ -45,32 +47,6 @@ export interface RemoteImageConfig {
   allow: string[];
   maxBytes: number;
   timeoutMs: number;
-}
-
-/**
- * Which model to serve or ask and how to run it: what `--model`/`--vision`/... flags, a config file
- * and `REGION_VQA_*` variables all produce. Unset = the pipeline's default (`PIPELINE_DEFAULTS`);
- * no paths = the bundled model.
- */
-export interface ModelConfig {
-  /** Preset name or preset folder (see `region-vqa models`); default: the bundled model. */
-  preset?: string;
-  /** Alpha-CLIP vision ONNX folder (overrides the preset; needs `llm` too). */
-  vision?: string;
-  /** Projector: mmproj GGUF, LLaVA checkpoint or projector folder. */
-  projector?: string;
-  /** LLM GGUF file. */
-  llm?: string;
-  /** ONNX Runtime device for the vision encoder and projector. */
-  device?: OrtDevice;
-  /** llama.cpp backend (false = the CPU). */
-  gpu?: LlmGpu;
-  /** ONNX Runtime threads (unset: all cores). */
-  visionThreads?: number;
-  /** llama.cpp threads. */
-  llmThreads?: number;
-  /** LLM context positions per conversation. */
-  contextSize?: number;
 }
 
 export interface ServerConfig {

@@ -1,16 +1,9 @@
-import path from "node:path";
 import { Command, Option } from "commander";
-import { RegionVqaError } from "../common/errors.js";
 import { ORT_DEVICES } from "../common/ort/index.js";
-import type { ModelConfig } from "../config.js";
-import { repoModelsDir, resolveModelPreset } from "../models/index.js";
-import type { PipelineOptions } from "../pipeline/index.js";
+import type { ModelConfig } from "../models/index.js";
 import { numberFlag } from "./number-flag.js";
 
 const positiveInteger = { min: 1, integer: true };
-
-/** The bundled default model (a preset folder in the package's models/). */
-export const DEFAULT_MODEL_DIR = path.join(repoModelsDir(), "shapes");
 
 /** The model flags as commander hands them over (text). */
 export interface ModelCliOptions {
@@ -69,53 +62,5 @@ export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
     visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),
     llmThreads: numberFlag(opts.llmThreads, "--llm-threads", positiveInteger),
     contextSize: numberFlag(opts.contextSize, "--context-size", positiveInteger),
-  };
-}
-
-export type ModelPipelineOptions = Pick<
-  PipelineOptions,
-  | "vision"
-  | "projector"
-  | "llm"
-  | "modelId"
-  | "device"
-  | "gpu"
-  | "visionThreads"
-  | "llmThreads"
-  | "contextSize"
->;
-
-/** A model choice -> the model part of PipelineOptions. Explicit files win over a preset; nothing = bundled. */
-export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipelineOptions> {
-  const engine = {
-    device: model.device,
-    gpu: model.gpu,
-    visionThreads: model.visionThreads,
-    llmThreads: model.llmThreads,
-    contextSize: model.contextSize,
-  };
-  if (model.vision || model.llm) {
-    if (!model.vision || !model.llm) {
-      throw new RegionVqaError(
-        "invalid_request",
-        "give both --vision and --llm (and --projector unless the vision folder is fused)",
-      );
-    }
-    return {
-      ...engine,
-      vision: model.vision,
-      projector: model.projector,
-      llm: model.llm,
-      modelId: path.basename(model.llm),
-    };
-  }
-  const resolved = await resolveModelPreset(model.preset ?? DEFAULT_MODEL_DIR);
-  return {
-    ...engine,
-    vision: resolved.visionDir,
-    projector: model.projector ?? resolved.projectorPath,
-    llm: resolved.llmPath,
-    // A folder is named by its last path part, never by its full path (it shows in /v1/models).
-    modelId: model.preset ? path.basename(path.resolve(model.preset)) : "shapes",
   };
 }

@@ -43,3 +43,9 @@ export { defaultModelsDir, modelRoots, repoModelsDir } from "./paths.js";
 export { createProgressPrinter, formatDuration, formatProgressLine, type ProgressPrinter } from "./progress.js";
 export { pullModel, type PullOptions, type PullResult, type PulledFile, type VisionConverter } from "./pull.js";
 export { resolveModelPreset, type ResolveOptions, type ResolvedModelPreset } from "./resolve.js";
+export {
+  DEFAULT_MODEL_DIR,
+  resolveModelOptions,
+  type ModelConfig,
+  type ModelPipelineOptions,
+} from "./select.js";

@@ -5,7 +5,7 @@
  * Usage: npx tsx tools/shapes/followup-check.ts [modelDir=models/shapes] [scenes=100] [seed=4000]
  */
 import path from "node:path";
-import { resolveModelOptions } from "../../src/cli/model-options.js";
+import { resolveModelOptions } from "../../src/models/index.js";
 import { createPipeline } from "../../src/pipeline/index.js";
 import {
   QUESTION_TYPES,

@@ -1,11 +1,7 @@
 import { Command } from "commander";
 import { createPipeline } from "../../pipeline/index.js";
-import {
-  addModelOptions,
-  modelConfigFromFlags,
-  resolveModelOptions,
-  type ModelCliOptions,
-} from "../model-options.js";
+import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
 

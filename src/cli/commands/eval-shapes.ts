@@ -2,12 +2,8 @@ import { Command } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { QUESTION_TYPES, evaluateShapes, type QuestionType } from "../../shapes/index.js";
-import {
-  addModelOptions,
-  modelConfigFromFlags,
-  resolveModelOptions,
-  type ModelCliOptions,
-} from "../model-options.js";
+import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 
 interface EvalShapesCliOptions extends ModelCliOptions {

@@ -3,12 +3,8 @@ import { buildServer, closeGracefully, ServerMetrics } from "../../api/index.js"
 import { RegionVqaError } from "../../common/errors.js";
 import { environmentVariables, loadConfig, type ServerConfig, type ServerConfigInput } from "../../config.js";
 import { createPipeline } from "../../pipeline/index.js";
-import {
-  addModelOptions,
-  modelConfigFromFlags,
-  resolveModelOptions,
-  type ModelCliOptions,
-} from "../model-options.js";
+import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 
 interface ServeCliOptions extends ModelCliOptions {

@@ -1,0 +1,81 @@
+/**
+ * A model choice (preset, explicit files, engine settings) -> the paths and settings the pipeline
+ * takes. Nothing given = the bundled default model.
+ */
+import path from "node:path";
+import { RegionVqaError } from "../common/errors.js";
+import type { OrtDevice } from "../common/ort/index.js";
+import type { LlmGpu } from "../llm/index.js";
+import { repoModelsDir } from "./paths.js";
+import { resolveModelPreset } from "./resolve.js";
+
+/** The bundled default model (a preset folder in the package's models/). */
+export const DEFAULT_MODEL_DIR = path.join(repoModelsDir(), "shapes");
+
+/**
+ * Which model to serve or ask and how to run it: what `--model`/`--vision`/... flags, a config file
+ * and `REGION_VQA_*` variables all produce. Unset = the pipeline's default; no paths = the bundled model.
+ */
+export interface ModelConfig {
+  /** Preset name or preset folder (see `region-vqa models`); default: the bundled model. */
+  preset?: string;
+  /** Alpha-CLIP vision ONNX folder (overrides the preset; needs `llm` too). */
+  vision?: string;
+  /** Projector: mmproj GGUF, LLaVA checkpoint or projector folder. */
+  projector?: string;
+  /** LLM GGUF file. */
+  llm?: string;
+  /** ONNX Runtime device for the vision encoder and projector. */
+  device?: OrtDevice;
+  /** llama.cpp backend (false = the CPU). */
+  gpu?: LlmGpu;
+  /** ONNX Runtime threads (unset: all cores). */
+  visionThreads?: number;
+  /** llama.cpp threads. */
+  llmThreads?: number;
+  /** LLM context positions per conversation. */
+  contextSize?: number;
+}
+
+/** The model part of the pipeline's options. */
+export interface ModelPipelineOptions extends Omit<ModelConfig, "preset"> {
+  vision: string;
+  llm: string;
+  /** Name shown to API clients. */
+  modelId: string;
+}
+
+/** A model choice -> the model part of PipelineOptions. Explicit files win over a preset; nothing = bundled. */
+export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipelineOptions> {
+  const engine = {
+    device: model.device,
+    gpu: model.gpu,
+    visionThreads: model.visionThreads,
+    llmThreads: model.llmThreads,
+    contextSize: model.contextSize,
+  };
+  if (model.vision || model.llm) {
+    if (!model.vision || !model.llm) {
+      throw new RegionVqaError(
+        "invalid_request",
+        "give both --vision and --llm (and --projector unless the vision folder is fused)",
+      );
+    }
+    return {
+      ...engine,
+      vision: model.vision,
+      projector: model.projector,
+      llm: model.llm,
+      modelId: path.basename(model.llm),
+    };
+  }
+  const resolved = await resolveModelPreset(model.preset ?? DEFAULT_MODEL_DIR);
+  return {
+    ...engine,
+    vision: resolved.visionDir,
+    projector: model.projector ?? resolved.projectorPath,
+    llm: resolved.llmPath,
+    // A folder is named by its last path part, never by its full path (it shows in /v1/models).
+    modelId: model.preset ? path.basename(path.resolve(model.preset)) : "shapes",
+  };
+}
