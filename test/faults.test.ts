@@ -1,15 +1,16 @@
 /**
- * `region-vqa serve` as a real child process (from sources through tsx): broken model files stop it
+ * `region-vqa serve` as a real child process (support/run-cli.ts): broken model files stop it
  * at startup with a message naming the file, and SIGTERM drains it: in-flight requests finish within
  * the grace period, new ones are refused, and the process exits 0.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { cpSync, mkdtempSync, rmSync, statSync, truncateSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spawnCli } from "./support/run-cli.js";
 import { dataUrl, makeImage } from "./support/server.js";
-import { repoRoot, tinyModels, type TinyModels } from "./support/tiny-models.js";
+import { tinyModels, type TinyModels } from "./support/tiny-models.js";
 
 let models: TinyModels;
 let scratch: string;
@@ -33,12 +34,8 @@ interface Served {
 }
 
 function serve(files: TinyModels, env: Record<string, string> = {}): Served {
-  const child = spawn(
-    process.execPath,
+  const child = spawnCli(
     [
-      "--import",
-      "tsx",
-      path.join(repoRoot, "test/support/cli-entry.ts"),
       "serve",
       "--port",
       "0",
@@ -57,11 +54,7 @@ function serve(files: TinyModels, env: Record<string, string> = {}): Served {
       "--context-size",
       "2048",
     ],
-    {
-      cwd: repoRoot,
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, REGION_VQA_LOG_LEVEL: "warn", ...env },
-    },
+    { env: { REGION_VQA_LOG_LEVEL: "warn", ...env } },
   );
   children.add(child);
   let stderr = "";

@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Writable } from "node:stream";
@@ -12,6 +11,7 @@ import {
   type InstalledEntry,
 } from "../src/models/index.js";
 import { fakeBytes, sha256Of, startFakeHost, type FakeHost } from "./support/pull-fakehost.js";
+import { runCli } from "./support/run-cli.js";
 import {
   failure,
   HF_DIR,
@@ -20,8 +20,6 @@ import {
   removeTempModelsDirs,
   tempModelsDir,
 } from "./support/pull-helpers.js";
-
-const repoRoot = path.resolve(import.meta.dirname, "..");
 
 async function writeModelFolder(
   dir: string,
@@ -234,26 +232,11 @@ describe("region-vqa pull / models commands", () => {
     await host.close();
   });
 
-  /** The CLI in a child process (stdout/stderr are pipes, not a terminal), from the TypeScript sources. */
-  function cli(
-    args: string[],
-    env: NodeJS.ProcessEnv,
-  ): Promise<{ code: number; stdout: string; stderr: string }> {
-    const script =
-      `const { main } = await import(${JSON.stringify(path.join(repoRoot, "src/cli/index.ts"))});` +
-      `process.exitCode = await main(["node", "region-vqa", ...process.argv.slice(1)]);`;
-    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, ...args], {
-      cwd: repoRoot,
-      env: { ...process.env, ...env },
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    return new Promise((resolve) =>
-      child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr })),
-    );
-  }
+  /** The CLI in a child process (stdout/stderr are pipes, not a terminal). */
+  const cli = async (args: string[], env: NodeJS.ProcessEnv) => {
+    const r = await runCli(args, { env });
+    return { ...r, code: r.code ?? -1 };
+  };
 
   it("pulls with the real catalogue from a mirror, then lists it; errors exit 2 with the URL", async () => {
     const dir = await tempModelsDir();

@@ -145,14 +145,18 @@ describe("pipeline (tiny real models)", () => {
   it("fails fast with overloaded when every slot is answering", async () => {
     const a = await pipeline.openConversation(image, { kind: "whole" });
     const b = await pipeline.openConversation(image, { kind: "whole" });
-    const ra = a.ask("Tell me a long story.", { maxTokens: 400, temperature: 0, stop: [] }).result;
-    const rb = b.ask("Tell me a long story.", { maxTokens: 400, temperature: 0, stop: [] }).result;
+    // Long answers, stopped once the third conversation has been refused.
+    const stop = new AbortController();
+    const long = { maxTokens: 400, temperature: 0, stop: [], signal: stop.signal };
+    const ra = a.ask("Tell me a long story.", long).result;
+    const rb = b.ask("Tell me a long story.", long).result;
     let code = "no error";
     try {
       await pipeline.openConversation(image, { kind: "whole" });
     } catch (err) {
       code = isRegionVqaError(err) ? err.code : String(err);
     }
+    stop.abort();
     await Promise.all([ra, rb]);
     expect(code).toBe("overloaded");
     await a.dispose();
@@ -171,15 +175,22 @@ describe("pipeline (tiny real models)", () => {
     try {
       const a = await patient.openConversation(image, { kind: "whole" });
       const b = await patient.openConversation(image, { kind: "whole" });
+      const stopB = new AbortController();
       const ra = a.ask("Tell me a long story.", { maxTokens: 60, temperature: 0 }).result;
-      const rb = b.ask("Tell me a long story.", { maxTokens: 400, temperature: 0 }).result;
+      const rb = b.ask("Tell me a long story.", {
+        maxTokens: 400,
+        temperature: 0,
+        signal: stopB.signal,
+      }).result;
       const t0 = Date.now();
       const c = await patient.openConversation(image, { kind: "whole" });
       // a finished first and was evicted for c, long before the 60 s wait limit
       expect(Date.now() - t0).toBeLessThan(30_000);
       expect(patient.getConversation(a.id)).toBeUndefined();
       expect(patient.getConversation(c.id)).toBe(c);
-      await Promise.all([ra, rb]);
+      expect((await ra).finishReason).not.toBe("abort");
+      stopB.abort();
+      await rb;
     } finally {
       await patient.dispose();
     }
