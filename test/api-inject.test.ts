@@ -10,7 +10,14 @@ import type { FastifyInstance, InjectOptions } from "fastify";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { RegionVqaError } from "../src/common/errors.js";
 import { ScriptedPipeline, type PipelineCall } from "./support/scripted-pipeline.js";
-import { dataUrl, injectServer, makeImage, makeMask, parseSse } from "./support/server.js";
+import {
+  dataUrl,
+  injectServer,
+  makeImage,
+  makeMask,
+  parseSse,
+  userMessageWithImage,
+} from "./support/server.js";
 
 let pipeline: ScriptedPipeline;
 let app: FastifyInstance;
@@ -55,14 +62,6 @@ const callsOf = <K extends PipelineCall["kind"]>(kind: K) =>
 /** What the scripted pipeline says about a box region [x0, y0, x1, y1) on the 64 x 48 test image. */
 const boxRegion = (x0: number, y0: number, x1: number, y1: number) =>
   `mask ${(x1 - x0) * (y1 - y0)}px x${x0}-${x1 - 1} y${y0}-${y1 - 1}`;
-
-const chatImage = (url: string, text: string) => ({
-  role: "user",
-  content: [
-    { type: "text", text },
-    { type: "image_url", image_url: { url } },
-  ],
-});
 
 describe("ops endpoints", () => {
   it("answers /healthz, /readyz and /metrics", async () => {
@@ -306,7 +305,7 @@ describe("POST /v1/chat/completions", () => {
       messages: [
         { role: "system", content: "Be brief." },
         { role: "developer", content: "Answer in English." },
-        chatImage(dataUrl(image), "What is it?"),
+        userMessageWithImage(dataUrl(image), "What is it?"),
         { role: "assistant", content: "A square." },
         { role: "user", content: "What colour?" },
       ],
@@ -339,7 +338,7 @@ describe("POST /v1/chat/completions", () => {
 
   it("streams chunks: the role first, content pieces, the finish reason, usage on request, [DONE]", async () => {
     const r = await post("/v1/chat/completions", {
-      messages: [chatImage(dataUrl(rgba), "Hi?")],
+      messages: [userMessageWithImage(dataUrl(rgba), "Hi?")],
       stream: true,
       stream_options: { include_usage: true },
       max_tokens: 2,
@@ -363,7 +362,7 @@ describe("POST /v1/chat/completions", () => {
   it("a failure mid-stream is an error chunk, then [DONE]", async () => {
     pipeline.failNextAnswer = { afterPieces: 1, error: new RegionVqaError("context_full", "full") };
     const r = await post("/v1/chat/completions", {
-      messages: [chatImage(dataUrl(image), "Q?")],
+      messages: [userMessageWithImage(dataUrl(image), "Q?")],
       stream: true,
     });
     const events = parseSse(r.text).map((e) => e.data);
@@ -377,7 +376,7 @@ describe("bad generation fields are refused before the request reaches the pipel
   const bodies: Array<[string, () => Record<string, unknown>]> = [
     ["/v1/regions/caption", () => ({ image: dataUrl(image), box: [0, 0, 32, 48] })],
     ["/v1/regions/ask", () => ({ image: dataUrl(image), question: "What is it?" })],
-    ["/v1/chat/completions", () => ({ messages: [chatImage(dataUrl(image), "What is it?")] })],
+    ["/v1/chat/completions", () => ({ messages: [userMessageWithImage(dataUrl(image), "What is it?")] })],
   ];
   for (const [url, body] of bodies) {
     it(`a negative seed on ${url} is a 400 with no pipeline call; a valid one is answered`, async () => {

@@ -12,6 +12,7 @@ import {
   postJson,
   realPipeline,
   startServer,
+  userMessageWithImage,
   type RunningServer,
 } from "./support/server.js";
 
@@ -77,15 +78,7 @@ function requestFor(kind: Kind, n: number): { path: string; body: unknown } {
           model: "any-name",
           max_tokens: maxTokens,
           stream: kind === "chat-stream",
-          messages: [
-            {
-              role: "user",
-              content: [
-                { type: "text", text: `Question ${n}?` },
-                { type: "image_url", image_url: { url: image } },
-              ],
-            },
-          ],
+          messages: [userMessageWithImage(image, `Question ${n}?`)],
         },
       };
   }

@@ -7,7 +7,14 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { json, makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
+import {
+  json,
+  makeImage,
+  realPipeline,
+  startServer,
+  userMessageWithImage,
+  type RunningServer,
+} from "./support/server.js";
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
@@ -48,15 +55,7 @@ const chat = (url: string) =>
     headers: { "content-type": "application/json" },
     body: JSON.stringify({
       max_tokens: 4,
-      messages: [
-        {
-          role: "user",
-          content: [
-            { type: "text", text: "What is it?" },
-            { type: "image_url", image_url: { url } },
-          ],
-        },
-      ],
+      messages: [userMessageWithImage(url, "What is it?")],
     }),
   });
 

@@ -6,7 +6,14 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { dataUrl, makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
+import {
+  dataUrl,
+  makeImage,
+  realPipeline,
+  startServer,
+  userMessageWithImage,
+  type RunningServer,
+} from "./support/server.js";
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
@@ -26,13 +33,8 @@ afterAll(async () => {
   await pipeline?.dispose();
 });
 
-const userTurn = (url: string, text: string): OpenAI.ChatCompletionMessageParam => ({
-  role: "user",
-  content: [
-    { type: "text", text },
-    { type: "image_url", image_url: { url } },
-  ],
-});
+const userTurn = (url: string, text: string): OpenAI.ChatCompletionMessageParam =>
+  userMessageWithImage(url, text);
 
 describe("OpenAI-compatible API with the openai client", () => {
   it("lists the model", async () => {

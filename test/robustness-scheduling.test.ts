@@ -10,7 +10,14 @@ import { RegionVqaError } from "../src/common/errors.js";
 import { RequestScheduler } from "../src/api/index.js";
 import { loadConfig } from "../src/config.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { dataUrl, makeImage, readSse, startServer, type RunningServer } from "./support/server.js";
+import {
+  dataUrl,
+  makeImage,
+  readSse,
+  startServer,
+  userMessageWithImage,
+  type RunningServer,
+} from "./support/server.js";
 import { tinyModels } from "./support/tiny-models.js";
 
 const LONG = 1800; // tokens: several seconds of generation on this machine
@@ -146,15 +153,7 @@ function chatBody(maxTokens: number, stream = false): string {
     model: "gpt-4o-mini",
     max_tokens: maxTokens,
     stream,
-    messages: [
-      {
-        role: "user",
-        content: [
-          { type: "text", text: "Describe it." },
-          { type: "image_url", image_url: { url: image } },
-        ],
-      },
-    ],
+    messages: [userMessageWithImage(image, "Describe it.")],
   });
 }
 

@@ -14,6 +14,7 @@ import {
   makeMask,
   realPipeline,
   startServer,
+  userMessageWithImage,
   type RunningServer,
 } from "./support/server.js";
 
@@ -213,15 +214,7 @@ const ask = (fields: Record<string, unknown>) =>
 const caption = (fields: Record<string, unknown>) => postJson("/v1/regions/caption", fields);
 const chat = (fields: Record<string, unknown>, imageUrl: string = image) =>
   postJson("/v1/chat/completions", {
-    messages: [
-      {
-        role: "user",
-        content: [
-          { type: "text", text: "What is it?" },
-          { type: "image_url", image_url: { url: imageUrl } },
-        ],
-      },
-    ],
+    messages: [userMessageWithImage(imageUrl, "What is it?")],
     ...fields,
   });
 

@@ -41,10 +41,33 @@ export async function makeMask(
 
 export const dataUrl = (png: Buffer) => `data:image/png;base64,${png.toString("base64")}`;
 
+/** An OpenAI-style user message: a question and an image (data URL or remote URL). */
+export const userMessageWithImage = (url: string, text: string) => ({
+  role: "user" as const,
+  content: [
+    { type: "text" as const, text },
+    { type: "image_url" as const, image_url: { url } },
+  ],
+});
+
 export interface RunningServer {
   app: FastifyInstance;
   url: string;
   close(): Promise<void>;
+}
+
+/** The app over `pipeline` with `config` on top of the defaults (no environment), quiet, not owning it. */
+function testApp(
+  pipeline: BuildServerOptions["pipeline"],
+  config: ServerConfigInput,
+  extra: Partial<BuildServerOptions>,
+): Promise<FastifyInstance> {
+  return buildServer({
+    pipeline,
+    config: loadConfig({ env: {}, flags: { logLevel: "silent", ...config } }),
+    disposePipelineOnClose: false,
+    ...extra,
+  });
 }
 
 export async function startServer(
@@ -52,12 +75,7 @@ export async function startServer(
   config: ServerConfigInput = {},
   extra: Partial<BuildServerOptions> = {},
 ): Promise<RunningServer> {
-  const app = await buildServer({
-    pipeline,
-    config: loadConfig({ env: {}, flags: { logLevel: "silent", ...config } }),
-    disposePipelineOnClose: false,
-    ...extra,
-  });
+  const app = await testApp(pipeline, config, extra);
   const address = await app.listen({ host: "127.0.0.1", port: 0 });
   return { app, url: address, close: () => app.close() };
 }
@@ -71,12 +89,7 @@ export async function injectServer(
   config: ServerConfigInput = {},
   extra: Partial<BuildServerOptions> = {},
 ): Promise<FastifyInstance> {
-  const app = await buildServer({
-    pipeline,
-    config: loadConfig({ env: {}, flags: { logLevel: "silent", ...config } }),
-    disposePipelineOnClose: false,
-    ...extra,
-  });
+  const app = await testApp(pipeline, config, extra);
   await app.ready();
   return app;
 }
