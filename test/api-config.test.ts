@@ -46,5 +46,20 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ env: { REGION_VQA_LLM: "a.gguf" } })).toThrow(
       /both model.vision and model.llm/,
     );
+    // An environment variable's error names the setting, not a command-line flag.
+    expect(() => loadConfig({ env: { REGION_VQA_THREADS: "0" } })).toThrow(/model.visionThreads/);
+    expect(() => loadConfig({ env: { REGION_VQA_THREADS: "0" } })).not.toThrow(/--threads/);
+    expect(() => loadConfig({ env: { REGION_VQA_DEVICE: "tpu" } })).toThrow(/model.device must be auto/);
+  });
+
+  it("reads model settings as typed values: gpu false from the environment or a file", () => {
+    expect(loadConfig({ env: { REGION_VQA_GPU: "false" } }).model.gpu).toBe(false);
+    expect(loadConfig({ env: { REGION_VQA_GPU: "vulkan", REGION_VQA_THREADS: "3" } }).model).toMatchObject({
+      gpu: "vulkan",
+      visionThreads: 3,
+    });
+    expect(() => loadConfig({ env: { REGION_VQA_GPU: "maybe" } })).toThrow(/model.gpu must be/);
+    // Unset settings stay unset: the pipeline's defaults apply (an env var or file can still set them).
+    expect(loadConfig({ env: {} }).model).toEqual({});
   });
 });
