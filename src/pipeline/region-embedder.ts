@@ -7,6 +7,7 @@
 import { createHash } from "node:crypto";
 import { RegionVqaError } from "../common/errors.js";
 import { checkRegionCount } from "../common/limits.js";
+import type { OrtProvider } from "../common/ort/index.js";
 import type { Tensor } from "../common/tensor.js";
 import { checkProjectorWidths, LlavaProjector } from "../projector/index.js";
 import {
@@ -97,8 +98,8 @@ export class RegionEmbedder {
     }
   }
 
-  /** Where the encoder runs. */
-  get provider(): string {
+  /** Where the encoder (and the projector) run. */
+  get provider(): OrtProvider {
     return this.encoder.provider;
   }
 
