@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-// Builds the small N-API companion addon (native/embd_addon.cc) that lets region-vqa feed embedding
-// rows into a node-llama-cpp context. One g++ call against:
+// Builds the two small N-API addons:
+// - native/embd_addon.cc, which lets region-vqa feed embedding rows into a node-llama-cpp context;
+// - native/gpu_probe.cc, which lists the host's Vulkan devices (the adapters WebGPU can use).
+// The first is one g++ call against:
 //   - node-addon-api + node-api-headers (npm dependencies),
 //   - llama.cpp's public headers, taken from the exact llama.cpp release that node-llama-cpp bundles
 //     (node_modules/node-llama-cpp/llama/gitRelease.bundle), so struct layouts match its binaries,
@@ -20,6 +22,8 @@ const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), ".."
 const source = path.join(repoRoot, "native", "embd_addon.cc");
 const buildDir = path.join(repoRoot, "build");
 const output = path.join(buildDir, "Release", "region_vqa_embd.node");
+const probeSource = path.join(repoRoot, "native", "gpu_probe.cc");
+const probeOutput = path.join(buildDir, "Release", "region_vqa_gpu_probe.node");
 const force = process.argv.includes("--force");
 
 function fail(message) {
@@ -101,45 +105,48 @@ if (!existsSync(headersStamp)) {
   writeFileSync(headersStamp, `${releaseInfo.tag} ${bundleHead}\n`);
 }
 
-const inputs = [
-  source,
-  path.join(addonHeadersDir, "AddonContext.h"),
-  path.join(addonHeadersDir, "AddonModel.h"),
-  headersStamp,
-];
-if (!force && existsSync(output)) {
-  const built = statSync(output).mtimeMs;
-  if (inputs.every((file) => statSync(file).mtimeMs <= built)) {
-    console.error("build-native: up to date");
-    process.exit(0);
+/** Compiles `src` into the addon `out` unless `out` is newer than every input (or --force). */
+function compile(src, out, inputs, includeDirs, what) {
+  if (!force && existsSync(out)) {
+    const built = statSync(out).mtimeMs;
+    if ([src, ...inputs].every((file) => statSync(file).mtimeMs <= built)) {
+      console.error(`build-native: ${path.basename(out)} is up to date`);
+      return;
+    }
   }
+  mkdirSync(path.dirname(out), { recursive: true });
+  const args = [
+    "-std=c++17",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-fexceptions",
+    "-fvisibility=hidden",
+    // Same N-API level as node-llama-cpp's addon (its CMakeLists.txt), so napi.h declares the same classes.
+    "-DNAPI_VERSION=7",
+    "-DNODE_ADDON_API_CPP_EXCEPTIONS",
+    `-I${addonApiDir}`,
+    `-I${path.join(apiHeadersDir, "include")}`,
+    ...includeDirs.map((dir) => `-I${dir}`),
+    src,
+    "-o",
+    out,
+    "-ldl",
+  ];
+  const started = Date.now();
+  console.error(`build-native: compiling ${path.relative(repoRoot, src)}${what}`);
+  const result = spawnSync(compiler, args, { stdio: "inherit" });
+  if (result.status !== 0) fail(`${compiler} failed (exit ${result.status})`);
+  console.error(
+    `build-native: wrote ${path.relative(repoRoot, out)} in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+  );
 }
 
-mkdirSync(path.dirname(output), { recursive: true });
-const args = [
-  "-std=c++17",
-  "-O2",
-  "-fPIC",
-  "-shared",
-  "-fexceptions",
-  "-fvisibility=hidden",
-  // Same N-API level as node-llama-cpp's addon (its CMakeLists.txt), so napi.h declares the same classes.
-  "-DNAPI_VERSION=7",
-  "-DNODE_ADDON_API_CPP_EXCEPTIONS",
-  `-I${addonApiDir}`,
-  `-I${path.join(apiHeadersDir, "include")}`,
-  `-I${path.join(headersDir, "include")}`,
-  `-I${path.join(headersDir, "ggml", "include")}`,
-  `-I${addonHeadersDir}`,
+compile(
   source,
-  "-o",
   output,
-  "-ldl",
-];
-const started = Date.now();
-console.error(`build-native: compiling ${path.relative(repoRoot, source)} (llama.cpp ${releaseInfo.tag})`);
-const result = spawnSync(compiler, args, { stdio: "inherit" });
-if (result.status !== 0) fail(`${compiler} failed (exit ${result.status})`);
-console.error(
-  `build-native: wrote ${path.relative(repoRoot, output)} in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+  [path.join(addonHeadersDir, "AddonContext.h"), path.join(addonHeadersDir, "AddonModel.h"), headersStamp],
+  [path.join(headersDir, "include"), path.join(headersDir, "ggml", "include"), addonHeadersDir],
+  ` (llama.cpp ${releaseInfo.tag})`,
 );
+compile(probeSource, probeOutput, [], [], "");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything region-vqa needs on a fresh Debian machine, offline apart from the npm registry
-# and Debian's packages: system packages for the browser test, then the npm dependencies (which also
-# compiles the TypeScript and the small native llama.cpp companion addon).
+# and Debian's packages: system packages for the browser test and for the GPU code path (a Vulkan
+# driver for WebGPU: Mesa's software lavapipe, unless the machine has its own), then the npm
+# dependencies (which also compiles the TypeScript and the two small native addons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Dependency install scripts: npm 11 runs none unless package.json `allowScripts` allows it, and it
@@ -17,6 +18,34 @@ if [ "${SKIP_APT:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "setup: chromium not found and cannot apt-get it; the browser test will be skipped" >&2
+  fi
+fi
+
+can_apt() { [ "${SKIP_APT:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; }
+
+# WebGPU (ONNX Runtime's bundled Dawn) runs on any Vulkan driver. Mesa's lavapipe is a software one:
+# it lets the GPU code path run (and be tested) on machines without a GPU; `--device auto` never picks
+# it. Bookworm's Mesa 22.3 lavapipe gives Dawn no adapter, so there it comes from bookworm-backports
+# (Mesa 25), added from the same Debian mirror.
+if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.json ] && [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ]; then
+  if can_apt; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    suite=()
+    if [ "$codename" = "bookworm" ]; then
+      mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+        head -n 1 | awk '{print $2}')
+      mirror=${mirror:-http://deb.debian.org/debian}
+      if ! grep -rqs "bookworm-backports" /etc/apt/sources.list.d/ /etc/apt/sources.list; then
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+          "$mirror" >/etc/apt/sources.list.d/region-vqa-bookworm-backports.sources
+      fi
+      suite=(-t bookworm-backports)
+    fi
+    echo "setup: installing Mesa's Vulkan drivers (lavapipe, for the WebGPU code path)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${suite[@]}" mesa-vulkan-drivers >/dev/null
+  else
+    echo "setup: no Vulkan driver found and cannot apt-get one; the WebGPU tests will be skipped" >&2
   fi
 fi
 

@@ -106,7 +106,7 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   { name: "REGION_VQA_VISION", field: "model.vision", help: "Alpha-CLIP vision model folder" },
   { name: "REGION_VQA_PROJECTOR", field: "model.projector", help: "projector file or folder" },
   { name: "REGION_VQA_LLM", field: "model.llm", help: "LLM .gguf file" },
-  { name: "REGION_VQA_DEVICE", field: "model.device", help: "vision device: auto|cuda|cpu" },
+  { name: "REGION_VQA_DEVICE", field: "model.device", help: "vision device: auto|webgpu|cuda|cpu" },
   { name: "REGION_VQA_GPU", field: "model.gpu", help: "llama.cpp backend: false|auto|cuda|vulkan" },
   { name: "REGION_VQA_THREADS", field: "model.visionThreads", help: "ONNX Runtime threads" },
   { name: "REGION_VQA_LLM_THREADS", field: "model.llmThreads", help: "llama.cpp threads" },

@@ -75,7 +75,9 @@ function row(t: Tensor, i: number): Float32Array {
 describe("AlphaClipEncoder on the golden tiny model", () => {
   it("auto picks the CPU on this machine and says so", () => {
     expect(encoder.provider).toBe("cpu");
-    expect(logs.join("\n")).toMatch(/CUDA unavailable, using the CPU with 1 threads/);
+    expect(logs.join("\n")).toMatch(
+      /ONNX Runtime on the CPU with 1 threads \(auto: CUDA unavailable: .*; WebGPU: /,
+    );
     expect(encoder.imageSize).toBe(R);
   });
 
@@ -341,7 +343,7 @@ describe("region-vqa encode (the real CLI command, in-process)", () => {
     const values = new Float32Array(G * G * W);
     for (let i = 0; i < values.length; i++) values[i] = buf.readFloatLE(i * 4);
     expect(maxAbsDiff(values, goldenF32("llava_mask_llava_features"))).toBeLessThanOrEqual(1e-4);
-    expect(res.stderr).toMatch(/vision encoder: CUDA unavailable/);
+    expect(res.stderr).toMatch(/vision encoder: ONNX Runtime on the CPU .*CUDA unavailable/);
   });
 
   it("--alpha uses the image's own alpha channel as the region", async () => {

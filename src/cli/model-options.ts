@@ -33,9 +33,10 @@ export function addModelOptions(cmd: Command): Command {
     .option("--projector <file>", "projector: mmproj GGUF, LLaVA checkpoint or projector folder")
     .option("--llm <file>", "LLM GGUF file")
     .addOption(
-      new Option("--device <device>", "ONNX Runtime device for vision (default auto)").choices([
-        ...ORT_DEVICES,
-      ]),
+      new Option(
+        "--device <device>",
+        "ONNX Runtime device for vision and projector (default auto: CUDA, else a hardware WebGPU adapter, else the CPU)",
+      ).choices([...ORT_DEVICES]),
     )
     .addOption(
       new Option("--gpu <gpu>", "llama.cpp backend (default false: the CPU)").choices([

@@ -21,7 +21,7 @@ export type EncoderDevice = OrtDevice;
 export type EncoderLogger = OnnxSessionLogger;
 
 export interface EncoderLoadOptions {
-  /** "auto" (default) tries CUDA and falls back to the CPU, logging the choice; "cuda" fails when CUDA is unusable. */
+  /** "auto" (default): CUDA, else WebGPU on a hardware adapter, else the CPU, logging the choice; an explicit device fails when unusable. */
   device?: EncoderDevice;
   /** ONNX Runtime intra-op threads (default os.availableParallelism()). */
   threads?: number;

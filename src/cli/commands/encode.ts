@@ -1,6 +1,7 @@
 import { writeFile } from "node:fs/promises";
 import { Command, Option } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
+import { ORT_DEVICES } from "../../common/ort/index.js";
 import { numberFlag } from "../number-flag.js";
 import { parseBoxFlag, readInputFile } from "../region-args.js";
 import {
@@ -42,7 +43,12 @@ export function register(program: Command): void {
     .option("--alpha", "use the image's own alpha channel as the region (alpha >= 128)")
     .requiredOption("--out <file>", "output file for the features")
     .addOption(
-      new Option("--device <device>", "ONNX Runtime device").choices(["auto", "cuda", "cpu"]).default("auto"),
+      new Option(
+        "--device <device>",
+        "ONNX Runtime device (auto: CUDA, else a hardware WebGPU adapter, else the CPU)",
+      )
+        .choices([...ORT_DEVICES])
+        .default("auto"),
     )
     .option("--threads <n>", "ONNX Runtime threads (default: all cores)")
     .addHelpText("after", "\nWithout --mask, --box or --alpha the whole image is the region.")

@@ -52,6 +52,7 @@ interface Transport {
 
 interface Ready {
   provider: OrtProvider;
+  adapter?: string;
   fallbackReason?: string;
   inputNames: string[];
   outputNames: string[];
@@ -63,6 +64,8 @@ export class OnnxSession {
   private constructor(
     readonly label: string,
     readonly provider: OrtProvider,
+    /** WebGPU: the adapter's name. */
+    readonly adapter: string | undefined,
     readonly threads: number,
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
@@ -83,14 +86,16 @@ export class OnnxSession {
       options.inWorker === false ? await inProcessTransport(spec) : await workerTransport(spec);
     const log = options.logger;
     if (ready.provider === "cuda") log?.info(`${spec.label}: ONNX Runtime on CUDA`);
-    else if (ready.fallbackReason) {
-      log?.info(
-        `${spec.label}: CUDA unavailable, using the CPU with ${threads} threads (${ready.fallbackReason.split("\n")[0]})`,
-      );
-    } else log?.info(`${spec.label}: ONNX Runtime on the CPU with ${threads} threads`);
+    else if (ready.provider === "webgpu") {
+      log?.info(`${spec.label}: ONNX Runtime on WebGPU (${ready.adapter ?? "adapter unknown"})`);
+    } else {
+      const why = ready.fallbackReason ? ` (${device}: ${ready.fallbackReason})` : "";
+      log?.info(`${spec.label}: ONNX Runtime on the CPU with ${threads} threads${why}`);
+    }
     return new OnnxSession(
       spec.label,
       ready.provider,
+      ready.adapter,
       threads,
       ready.inputNames,
       ready.outputNames,
@@ -121,7 +126,7 @@ export class OnnxSession {
 }
 
 async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; transport: Transport }> {
-  const { session, provider, fallbackReason } = await createOrtSession(spec);
+  const { session, provider, adapter, fallbackReason } = await createOrtSession(spec);
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
   const transport: Transport = {
@@ -141,16 +146,11 @@ async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready;
       await session.release();
     },
   };
-  return { ready: readyOf(session, provider, fallbackReason), transport };
+  return { ready: { ...readyOf(session), provider, adapter, fallbackReason }, transport };
 }
 
-function readyOf(session: ort.InferenceSession, provider: OrtProvider, fallbackReason?: string): Ready {
-  return {
-    provider,
-    fallbackReason,
-    inputNames: session.inputNames.slice(),
-    outputNames: session.outputNames.slice(),
-  };
+function readyOf(session: ort.InferenceSession): Pick<Ready, "inputNames" | "outputNames"> {
+  return { inputNames: session.inputNames.slice(), outputNames: session.outputNames.slice() };
 }
 
 /**

@@ -11,6 +11,7 @@ export type HostMessage =
   | {
       type: "ready";
       provider: OrtProvider;
+      adapter?: string;
       fallbackReason?: string;
       inputNames: string[];
       outputNames: string[];

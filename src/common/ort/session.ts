@@ -9,13 +9,17 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { RegionVqaError, type ErrorCode } from "../errors.js";
+import { describeGpuDevice, isSoftwareDevice, preferredGpuDevice, probeGpuDevices } from "../gpu.js";
 
-/** Where an ONNX model may run. "auto" takes CUDA when its provider loads, else the CPU. */
-export type OrtDevice = "auto" | "cuda" | "cpu";
+/**
+ * Where an ONNX model may run. "auto" takes CUDA when its provider loads, else WebGPU on a hardware
+ * adapter, else the CPU: it never picks a software adapter, which an explicit "webgpu" may use.
+ */
+export type OrtDevice = "auto" | "webgpu" | "cuda" | "cpu";
 /** The execution provider a session ended up on. */
-export type OrtProvider = "cuda" | "cpu";
+export type OrtProvider = "cuda" | "webgpu" | "cpu";
 
-export const ORT_DEVICES: readonly OrtDevice[] = ["auto", "cuda", "cpu"];
+export const ORT_DEVICES: readonly OrtDevice[] = ["auto", "webgpu", "cuda", "cpu"];
 
 /** A tensor as it crosses the worker boundary: typed data plus ONNX dims. */
 export interface WireTensor {
@@ -41,15 +45,18 @@ export interface OrtSessionSpec {
 export interface CreatedSession {
   session: ort.InferenceSession;
   provider: OrtProvider;
-  /** Why "auto" did not get CUDA, when it did not. */
+  /** WebGPU: the adapter it runs on (as the Vulkan device probe names it). */
+  adapter?: string;
+  /** Why "auto" did not get a GPU, when it did not. */
   fallbackReason?: string;
 }
 
 function sessionOptions(provider: OrtProvider, threads: number): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [provider],
-    // A failed CUDA attempt under "auto" is expected on CPU hosts; it is reported once, by our logger.
-    logSeverityLevel: provider === "cuda" ? 4 : 2,
+    // A failed CUDA attempt under "auto" is expected on CPU hosts, and WebGPU warns that shape ops stay
+    // on the CPU (by design): our logger reports what matters, once.
+    logSeverityLevel: provider === "cpu" ? 2 : provider === "webgpu" ? 3 : 4,
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: "all",
@@ -98,7 +105,15 @@ function open(spec: OrtSessionSpec, provider: OrtProvider): Promise<ort.Inferenc
     : ort.InferenceSession.create(spec.model, options);
 }
 
-/** Creates the session on the device asked for ("auto": CUDA when usable, else the CPU). */
+function webGpuError(reason: string): RegionVqaError {
+  return new RegionVqaError(
+    "device_unavailable",
+    `WebGPU was requested but ONNX Runtime cannot use it here: ${reason}. On Linux it needs a Vulkan driver ` +
+      "(the GPU vendor's, or Mesa's; Mesa's software lavapipe works for testing). Use device cpu or auto.",
+  );
+}
+
+/** Creates the session on the device asked for (see `OrtDevice`). */
 export async function createOrtSession(spec: OrtSessionSpec): Promise<CreatedSession> {
   const where = typeof spec.model === "string" ? ` ${spec.model}` : "";
   const loadFailure = (err: unknown) =>
@@ -106,23 +121,58 @@ export async function createOrtSession(spec: OrtSessionSpec): Promise<CreatedSes
       "model_invalid",
       `ONNX Runtime could not load the ${spec.label} model${where}: ${(err as Error).message}`,
     );
-  let fallbackReason: string | undefined;
-  if (spec.device !== "cpu") {
+  const providerFault = (err: unknown, fail: (reason: string) => RegionVqaError) => {
+    const message = (err as Error).message;
+    return modelFault(message) ? loadFailure(err) : fail(message.split("\n")[0]);
+  };
+  if (spec.device === "cuda") {
     const noCuda = cudaUnavailableReason();
-    if (noCuda && spec.device === "cuda") throw cudaError(noCuda);
-    if (noCuda) fallbackReason = noCuda;
+    if (noCuda) throw cudaError(noCuda);
+    try {
+      return { session: await open(spec, "cuda"), provider: "cuda" };
+    } catch (err) {
+      throw providerFault(err, cudaError);
+    }
+  }
+  if (spec.device === "webgpu") {
+    const adapter = preferredGpuDevice(probeGpuDevices().devices)?.name;
+    try {
+      return { session: await open(spec, "webgpu"), provider: "webgpu", adapter };
+    } catch (err) {
+      throw providerFault(err, webGpuError);
+    }
+  }
+  const skipped: string[] = [];
+  if (spec.device === "auto") {
+    const noCuda = cudaUnavailableReason();
+    if (noCuda) skipped.push(`CUDA unavailable: ${noCuda}`);
     else {
       try {
         return { session: await open(spec, "cuda"), provider: "cuda" };
       } catch (err) {
-        const message = (err as Error).message;
-        if (spec.device === "cuda") throw modelFault(message) ? loadFailure(err) : cudaError(message);
-        fallbackReason = message;
+        skipped.push(`CUDA failed: ${(err as Error).message.split("\n")[0]}`);
       }
+    }
+    const probe = probeGpuDevices();
+    const best = preferredGpuDevice(probe.devices);
+    if (best && !isSoftwareDevice(best)) {
+      try {
+        return { session: await open(spec, "webgpu"), provider: "webgpu", adapter: best.name };
+      } catch (err) {
+        skipped.push(`WebGPU failed on ${best.name}: ${(err as Error).message.split("\n")[0]}`);
+      }
+    } else if (best) {
+      skipped.push(`WebGPU: the only adapter is ${describeGpuDevice(best)} (auto never picks one)`);
+    } else {
+      skipped.push(`WebGPU: no adapter${probe.reason ? ` (${probe.reason})` : ""}`);
     }
   }
   try {
-    return { session: await open(spec, "cpu"), provider: "cpu", fallbackReason };
+    return {
+      session: await open(spec, "cpu"),
+      provider: "cpu",
+      fallbackReason: skipped.length > 0 ? skipped.join("; ") : undefined,
+    };
   } catch (err) {
     throw loadFailure(err);
   }

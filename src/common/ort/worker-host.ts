@@ -29,6 +29,7 @@ const ready = createOrtSession(spec).then(
     post({
       type: "ready",
       provider: created.provider,
+      adapter: created.adapter,
       fallbackReason: created.fallbackReason,
       inputNames: session.inputNames.slice(),
       outputNames: session.outputNames.slice(),
