@@ -61,8 +61,9 @@ bool resolveSymbol(void* handle, const char* name, Fn& out) {
 }
 
 // Finds the libllama that node-llama-cpp loaded. Returns an error message, empty on success.
+// Scans on every call, not just the first: a second llama.cpp build loaded later (node-llama-cpp can
+// load its CPU, CUDA and Vulkan builds side by side) must be refused, not silently ignored.
 std::string loadLlamaApi() {
-  if (api.loaded) return "";
   Candidate candidate;
   dl_iterate_phdr(collectLoadedObject, &candidate);
 
@@ -84,6 +85,10 @@ std::string loadLlamaApi() {
     if (symbol == nullptr) {
       dlclose(handle);
       continue;
+    }
+    if (decodeAddress == nullptr && api.loaded) {
+      // Found before: keep it, and go on looking for a different build.
+      decodeAddress = reinterpret_cast<void*>(api.decode);
     }
     if (decodeAddress == nullptr) {
       decodeAddress = symbol;

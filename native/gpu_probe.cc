@@ -1,5 +1,6 @@
-// Lists this host's Vulkan physical devices: name, vendor and device ids, type, API version. On Linux
-// these are the adapters WebGPU (Dawn, inside ONNX Runtime) and ggml's Vulkan backend choose from, and
+// Lists this host's Vulkan physical devices (name, vendor and device ids, type, API version) and
+// tells whether a shared library can be loaded. On Linux the Vulkan devices
+// are the adapters WebGPU (Dawn, inside ONNX Runtime) and ggml's Vulkan backend choose from, and
 // the type says whether one is real hardware or a software rasteriser (lavapipe, llvmpipe, SwiftShader
 // report themselves as CPU devices).
 //
@@ -134,8 +135,24 @@ Napi::Value VulkanDevices(const Napi::CallbackInfo& info) {
   return Result(env, devices, reason);
 }
 
+// loadError(name) -> undefined when the shared library `name` can be loaded, else dlerror()'s text.
+// (Used to tell which GPU runtime libraries, e.g. CUDA's, this host has.)
+Napi::Value LoadError(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "loadError(name: string)");
+  const std::string name = info[0].As<Napi::String>();
+  void* lib = dlopen(name.c_str(), RTLD_LAZY | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* error = dlerror();
+    return Napi::String::New(env, error != nullptr ? error : "cannot be loaded");
+  }
+  dlclose(lib);
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("vulkanDevices", Napi::Function::New(env, VulkanDevices, "vulkanDevices"));
+  exports.Set("loadError", Napi::Function::New(env, LoadError, "loadError"));
   return exports;
 }
 

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { RegionVqaError } from "./common/errors.js";
 import { ORT_DEVICES } from "./common/ort/index.js";
+import { LLM_GPUS } from "./llm/index.js";
 import type { ModelConfig } from "./models/index.js";
 import { PIPELINE_DEFAULTS } from "./pipeline/options.js";
 
@@ -107,7 +108,7 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   { name: "REGION_VQA_PROJECTOR", field: "model.projector", help: "projector file or folder" },
   { name: "REGION_VQA_LLM", field: "model.llm", help: "LLM .gguf file" },
   { name: "REGION_VQA_DEVICE", field: "model.device", help: "vision device: auto|webgpu|cuda|cpu" },
-  { name: "REGION_VQA_GPU", field: "model.gpu", help: "llama.cpp backend: false|auto|cuda|vulkan" },
+  { name: "REGION_VQA_GPU", field: "model.gpu", help: "llama.cpp backend: auto|cuda|vulkan|metal|false" },
   { name: "REGION_VQA_THREADS", field: "model.visionThreads", help: "ONNX Runtime threads" },
   { name: "REGION_VQA_LLM_THREADS", field: "model.llmThreads", help: "llama.cpp threads" },
   { name: "REGION_VQA_CONTEXT_SIZE", field: "model.contextSize", help: "LLM context per conversation" },
@@ -296,8 +297,8 @@ function validate(config: ServerConfig): ServerConfig {
     problems.push(`model.device must be ${ORT_DEVICES.join(", ")}`);
   // A JSON file may say "false" as text, like the environment.
   if ((gpu as unknown) === "false") config.model.gpu = false;
-  if (config.model.gpu !== undefined && ![false, "auto", "cuda", "vulkan"].includes(config.model.gpu)) {
-    problems.push("model.gpu must be false, auto, cuda or vulkan");
+  if (config.model.gpu !== undefined && !LLM_GPUS.includes(config.model.gpu)) {
+    problems.push(`model.gpu must be ${LLM_GPUS.join(", ")}`);
   }
   if (Boolean(config.model.vision) !== Boolean(config.model.llm)) {
     problems.push("give both model.vision and model.llm (or neither, for a preset)");

@@ -66,8 +66,13 @@ const boxRegion = (x0: number, y0: number, x1: number, y1: number) =>
 describe("ops endpoints", () => {
   it("answers /healthz, /readyz and /metrics", async () => {
     expect((await send({ url: "/healthz" })).body).toEqual({ status: "ok" });
-    expect((await send({ url: "/readyz" })).body).toEqual({ status: "ready", model: "scripted" });
+    expect((await send({ url: "/readyz" })).body).toEqual({
+      status: "ready",
+      model: "scripted",
+      devices: { vision: "scripted", llm: "scripted" },
+    });
     const metrics = (await send({ url: "/metrics" })).text;
+    expect(metrics).toContain('region_vqa_device_info{stage="vision",device="scripted"} 1');
     expect(metrics).toMatch(
       /region_vqa_http_requests_total\{route="\/healthz",method="GET",status="200"\} [1-9]/,
     );

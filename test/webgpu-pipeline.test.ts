@@ -72,6 +72,8 @@ describe.skipIf(requireGpu.skip || requireGpu.failInCi)(
         });
         expect(r.status).toBe(200);
         expect((await json(r)).answer.toLowerCase()).toMatch(/\bred\b/);
+        const ready = await json(await fetch(`${server.url}/readyz`));
+        expect(ready.devices.vision).toBe(`webgpu (${gpuAdapter!.name})`);
       } finally {
         await server.close();
       }

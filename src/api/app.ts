@@ -45,6 +45,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   const config = options.config ?? defaultConfig;
   const metrics = options.metrics ?? new ServerMetrics();
   const pipeline = new PipelineHolder(options.pipeline);
+  void pipeline.settled().then((p) => p && metrics.setDevices(p.models.devices));
   const limits = config.limits;
 
   const app = Fastify({

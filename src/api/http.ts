@@ -12,15 +12,20 @@ import type { AnswerResult, GenerationOptions, RegionVqaPipeline } from "../pipe
 export class PipelineHolder {
   private pipeline?: RegionVqaPipeline;
   private failure?: Error;
+  private readonly loading: Promise<RegionVqaPipeline | undefined>;
 
   constructor(source: RegionVqaPipeline | Promise<RegionVqaPipeline>) {
     if (source instanceof Promise) {
-      source.then(
+      this.loading = source.then(
         (p) => (this.pipeline = p),
-        (err: Error) => (this.failure = err),
+        (err: Error) => {
+          this.failure = err;
+          return undefined;
+        },
       );
     } else {
       this.pipeline = source;
+      this.loading = Promise.resolve(source);
     }
   }
 
@@ -43,9 +48,8 @@ export class PipelineHolder {
   }
 
   /** The pipeline once loaded (undefined if loading failed). */
-  async settled(): Promise<RegionVqaPipeline | undefined> {
-    while (!this.pipeline && !this.failure) await new Promise((r) => setTimeout(r, 20));
-    return this.pipeline;
+  settled(): Promise<RegionVqaPipeline | undefined> {
+    return this.loading;
   }
 }
 

@@ -39,6 +39,12 @@ export class ServerMetrics implements PipelineMetricsSink {
     buckets: [0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers: [this.registry],
   });
+  readonly deviceInfo = new Gauge({
+    name: "region_vqa_device_info",
+    help: "Where each stage runs (value 1): vision = ONNX Runtime provider and adapter, llm = llama.cpp build and GPU",
+    labelNames: ["stage", "device"] as const,
+    registers: [this.registry],
+  });
   readonly queueDepth = new Gauge({
     name: "region_vqa_queue_depth",
     help: "Requests waiting for or using a pipeline engine",
@@ -79,6 +85,12 @@ export class ServerMetrics implements PipelineMetricsSink {
     if (options.collectProcessMetrics ?? true) {
       collectDefaultMetrics({ register: this.registry, prefix: "region_vqa_" });
     }
+  }
+
+  /** Records where the loaded pipeline's stages run. */
+  setDevices(devices: Record<string, string>): void {
+    this.deviceInfo.reset();
+    for (const [stage, device] of Object.entries(devices)) this.deviceInfo.set({ stage, device }, 1);
   }
 
   observeStage(stage: string, seconds: number): void {

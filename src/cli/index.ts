@@ -13,6 +13,7 @@ const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/convert-projector.js"),
   () => import("./commands/serve.js"),
   () => import("./commands/eval-shapes.js"),
+  () => import("./commands/devices.js"),
 ];
 
 /** The package's version; package.json sits two levels up from both src/cli and dist/cli. */

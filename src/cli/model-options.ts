@@ -1,5 +1,6 @@
 import { Command, Option } from "commander";
 import { ORT_DEVICES } from "../common/ort/index.js";
+import { LLM_GPUS } from "../llm/index.js";
 import type { ModelConfig } from "../models/index.js";
 import { numberFlag } from "./number-flag.js";
 
@@ -39,12 +40,10 @@ export function addModelOptions(cmd: Command): Command {
       ).choices([...ORT_DEVICES]),
     )
     .addOption(
-      new Option("--gpu <gpu>", "llama.cpp backend (default false: the CPU)").choices([
-        "false",
-        "auto",
-        "cuda",
-        "vulkan",
-      ]),
+      new Option(
+        "--gpu <gpu>",
+        "llama.cpp backend (default auto: CUDA, Vulkan or Metal when a GPU is found, else the CPU; false = the CPU)",
+      ).choices(LLM_GPUS.map(String)),
     )
     .option("--threads <n>", "ONNX Runtime threads (default: all cores)")
     .option("--llm-threads <n>", "llama.cpp threads (default 1; more only on a machine with idle cores)")

@@ -4,6 +4,7 @@ export {
   type LlavaModelOptions,
   type OpenLlavaConversationOptions,
   type LlmGpu,
+  LLM_GPUS,
 } from "./model.js";
 export {
   LlavaConversation,

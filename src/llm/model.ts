@@ -9,17 +9,23 @@ import {
   type Token,
 } from "node-llama-cpp";
 import { RegionVqaError, isRegionVqaError } from "../common/errors.js";
+import { hardwareGpuPresent } from "../common/gpu.js";
 import type { Turn } from "./types.js";
 import { LlavaConversation } from "./conversation.js";
 import { assertEmbeddingSupport, type NativeContextInfo } from "./native.js";
 import { LlavaPrompt, type LlavaPromptTemplate } from "./prompt.js";
 
-export type LlmGpu = false | "auto" | "cuda" | "vulkan";
+export type LlmGpu = false | "auto" | "cuda" | "vulkan" | "metal";
+/** Every `LlmGpu` value, for flags and config checks. */
+export const LLM_GPUS: readonly LlmGpu[] = [false, "auto", "cuda", "vulkan", "metal"];
 
 export interface LlavaModelOptions {
   /** A LLaMA-family GGUF (e.g. LLaVA-1.5's Vicuna). */
   modelPath: string;
-  /** Compute backend. Default false (CPU): "auto" may pick a slow software Vulkan driver. */
+  /**
+   * Compute backend. Default "auto": CUDA, Vulkan or Metal when the host has a hardware GPU (a software
+   * Vulkan driver is not one), else the CPU build.
+   */
   gpu?: LlmGpu;
   /** Layers to offload when a GPU is used. Default "auto". */
   gpuLayers?: number | "auto" | "max";
@@ -56,6 +62,24 @@ export interface OpenLlavaConversationOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * node-llama-cpp for `gpu`. "auto" is decided here, before any build loads: a llama.cpp build loaded
+ * into the process stays there, and the embeddings addon refuses to guess between two. node-llama-cpp's
+ * own "auto" would load the Vulkan build on a host whose only Vulkan driver is a software one (which
+ * ggml then ignores), so without a hardware GPU "auto" is the CPU build.
+ */
+async function startLlama(gpu: LlmGpu, logLevel: LlamaLogLevel): Promise<Llama> {
+  const chosen = gpu === "auto" && !hardwareGpuPresent().present ? false : gpu;
+  try {
+    return await getLlama({ gpu: chosen, build: "never", logLevel });
+  } catch (err) {
+    throw new RegionVqaError(
+      "device_unavailable",
+      `llama.cpp could not start with gpu=${String(gpu)}: ${(err as Error).message}`,
+    );
+  }
+}
+
 const logLevels: Record<NonNullable<LlavaModelOptions["logLevel"]>, LlamaLogLevel> = {
   error: LlamaLogLevel.error,
   warn: LlamaLogLevel.warn,
@@ -72,6 +96,8 @@ export class LlavaModel {
   readonly model: LlamaModel;
   readonly context: LlamaContext;
   readonly native: NativeContextInfo;
+  /** Names of the GPU devices llama.cpp uses (none on the CPU build). */
+  readonly gpuDevices: readonly string[];
   private readonly options: LlavaModelOptions;
   private readonly ownsLlama: boolean;
   private readonly idle: LlamaContextSequence[] = [];
@@ -87,6 +113,7 @@ export class LlavaModel {
     model: LlamaModel,
     context: LlamaContext,
     native: NativeContextInfo,
+    gpuDevices: readonly string[],
     options: LlavaModelOptions,
     ownsLlama: boolean,
   ) {
@@ -94,6 +121,7 @@ export class LlavaModel {
     this.model = model;
     this.context = context;
     this.native = native;
+    this.gpuDevices = gpuDevices;
     this.options = options;
     this.ownsLlama = ownsLlama;
   }
@@ -111,26 +139,14 @@ export class LlavaModel {
       }
     }
     const ownsLlama = options.llama === undefined;
-    let llama: Llama;
-    try {
-      llama =
-        options.llama ??
-        (await getLlama({
-          gpu: options.gpu ?? false,
-          build: "never",
-          logLevel: logLevels[options.logLevel ?? "warn"],
-        }));
-    } catch (err) {
-      throw new RegionVqaError(
-        "device_unavailable",
-        `llama.cpp could not start with gpu=${String(options.gpu ?? false)}: ${(err as Error).message}`,
-      );
-    }
+    const gpu = options.gpu ?? "auto";
+    const llama = options.llama ?? (await startLlama(gpu, logLevels[options.logLevel ?? "warn"]));
     let model: LlamaModel | undefined;
     try {
       model = await llama.loadModel({
         modelPath: options.modelPath,
-        gpuLayers: options.gpu === false || options.gpu === undefined ? 0 : (options.gpuLayers ?? "auto"),
+        // "auto" fits as many layers as free GPU memory allows (node-llama-cpp's own estimate).
+        gpuLayers: llama.gpu === false ? 0 : (options.gpuLayers ?? "auto"),
       });
       const contextSize = options.contextSize ?? Math.min(4096, model.trainContextSize);
       const context = await model.createContext({
@@ -146,12 +162,14 @@ export class LlavaModel {
         await context.dispose();
         throw err;
       }
+      const gpuDevices = llama.gpu === false ? [] : await llama.getGpuDeviceNames();
       return new LlavaModel(
         llama,
         model,
         context,
         native,
-        { ...options, threads, batchSize, maxConversations },
+        gpuDevices,
+        { ...options, gpu, threads, batchSize, maxConversations },
         ownsLlama,
       );
     } catch (err) {
@@ -163,6 +181,17 @@ export class LlavaModel {
         `cannot load the LLM ${options.modelPath}: ${(err as Error).message}`,
       );
     }
+  }
+
+  /** The llama.cpp build in use: "cuda", "vulkan", "metal", or false for the CPU build. */
+  get backend(): Llama["gpu"] {
+    return this.llama.gpu;
+  }
+
+  /** Where it runs, for logs and /readyz: "cpu", or e.g. "cuda (NVIDIA H200)". */
+  get device(): string {
+    if (this.llama.gpu === false) return "cpu";
+    return `${this.llama.gpu} (${this.gpuDevices.join(", ") || "no GPU device"})`;
   }
 
   /** Width of one embedding row the model takes (4096 for LLaVA-1.5-7B). */

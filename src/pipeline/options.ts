@@ -27,7 +27,7 @@ export interface PipelineOptions {
   modelId?: string;
   /** ONNX Runtime device for vision and projector. Default "auto" (CUDA when usable, else CPU). */
   device?: OrtDevice;
-  /** llama.cpp backend. Default false (CPU). */
+  /** llama.cpp backend. Default "auto": a GPU when node-llama-cpp finds one, else the CPU build. */
   gpu?: LlmGpu;
   /** ONNX Runtime intra-op threads. Default: the machine's cores. */
   visionThreads?: number;
@@ -74,7 +74,7 @@ export const DEFAULT_CAPTION_PROMPTS = {
 export const PIPELINE_DEFAULTS = {
   modelId: "region-vqa",
   device: "auto" as OrtDevice,
-  gpu: false as LlmGpu,
+  gpu: "auto" as LlmGpu,
   llmThreads: 1,
   batchSize: 512,
   maxConversations: 4,

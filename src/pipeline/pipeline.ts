@@ -27,6 +27,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       vision: options.vision,
       projector: options.projector ?? "(fused)",
       llm: options.llm,
+      devices: { vision: embedder.device, llm: llm.device },
     };
   }
 
@@ -51,7 +52,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       throw err;
     }
     o.logger.info(
-      `pipeline ready: vision ${o.vision} (${embedder.provider}), projector ${o.projector ?? "fused"}, llm ${o.llm}`,
+      `pipeline ready: vision ${o.vision} on ${embedder.device}, projector ${o.projector ?? "fused"}, llm ${o.llm} on ${llm.device}`,
     );
     return new LocalRegionVqaPipeline(o, embedder, llm, new ConversationRegistry(llm, o));
   }

@@ -103,6 +103,13 @@ export class RegionEmbedder {
     return this.encoder.provider;
   }
 
+  /** Where it runs, for logs and /readyz: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
+  get device(): string {
+    return this.encoder.adapter
+      ? `${this.encoder.provider} (${this.encoder.adapter})`
+      : this.encoder.provider;
+  }
+
   /** Throws `model_mismatch` unless the embeddings are as wide as the LLM's token embeddings. */
   assertFits(llmEmbeddingLength: number): void {
     if (this.projector) {

@@ -22,6 +22,8 @@ export interface ModelsInfo {
   vision: string;
   projector: string;
   llm: string;
+  /** Where each stage runs, e.g. { vision: "webgpu (NVIDIA RTX 4090)", llm: "cuda (NVIDIA RTX 4090)" }. */
+  devices: { vision: string; llm: string };
 }
 
 /** What `src/api` and the CLI use: the composed vision -> projector -> LLM pipeline. */

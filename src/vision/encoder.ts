@@ -114,6 +114,10 @@ export class AlphaClipEncoder {
   get provider(): OrtProvider {
     return this.session.provider;
   }
+  /** WebGPU: the adapter's name. */
+  get adapter(): string | undefined {
+    return this.session.adapter;
+  }
   get threads(): number {
     return this.session.threads;
   }

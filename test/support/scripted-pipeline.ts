@@ -94,7 +94,13 @@ function scriptedAnswer(
 }
 
 export class ScriptedPipeline implements RegionVqaPipeline {
-  readonly models: ModelsInfo = { id: "scripted", vision: "(none)", projector: "(none)", llm: "(none)" };
+  readonly models: ModelsInfo = {
+    id: "scripted",
+    vision: "(none)",
+    projector: "(none)",
+    llm: "(none)",
+    devices: { vision: "scripted", llm: "scripted" },
+  };
   readonly calls: PipelineCall[] = [];
   private readonly live = new Map<string, Conversation>();
   private nextId = 1;

@@ -12,7 +12,15 @@ export interface OpsRoutesOptions {
 
 const statusSchema = {
   type: "object",
-  properties: { status: { type: "string" }, model: { type: "string" } },
+  properties: {
+    status: { type: "string" },
+    model: { type: "string" },
+    devices: {
+      type: "object",
+      description: "Where each stage runs",
+      properties: { vision: { type: "string" }, llm: { type: "string" } },
+    },
+  },
 } as const;
 
 const opsRoutes: FastifyPluginAsync<OpsRoutesOptions> = async (app, { pipeline, metrics }) => {
@@ -32,7 +40,10 @@ const opsRoutes: FastifyPluginAsync<OpsRoutesOptions> = async (app, { pipeline, 
       },
     },
     async (_request, reply) => {
-      if (pipeline.ready) return { status: "ready", model: pipeline.get().models.id };
+      if (pipeline.ready) {
+        const { id, devices } = pipeline.get().models;
+        return { status: "ready", model: id, devices };
+      }
       const err = pipeline.loadError
         ? new RegionVqaError("model_invalid", `The models failed to load: ${pipeline.loadError.message}`)
         : new RegionVqaError("overloaded", "The models are still loading.");

@@ -2,6 +2,8 @@
 export { OnnxSession, type OnnxSessionLogger, type OnnxSessionOptions } from "./onnx-session.js";
 export {
   cudaUnavailableReason,
+  planAutoDevice,
+  type AutoDevicePlan,
   ORT_DEVICES,
   type OrtDevice,
   type OrtProvider,

@@ -113,6 +113,28 @@ function webGpuError(reason: string): RegionVqaError {
   );
 }
 
+export interface AutoDevicePlan {
+  /** GPU providers "auto" tries, in order, before the CPU. */
+  candidates: Array<{ provider: Exclude<OrtProvider, "cpu">; adapter?: string }>;
+  /** Why the others are not tried. */
+  skipped: string[];
+}
+
+/** What "auto" will try on this host: CUDA when its provider is installed, WebGPU on a hardware adapter. */
+export function planAutoDevice(): AutoDevicePlan {
+  const plan: AutoDevicePlan = { candidates: [], skipped: [] };
+  const noCuda = cudaUnavailableReason();
+  if (noCuda) plan.skipped.push(`CUDA unavailable: ${noCuda}`);
+  else plan.candidates.push({ provider: "cuda" });
+  const probe = probeGpuDevices();
+  const best = preferredGpuDevice(probe.devices);
+  if (best && !isSoftwareDevice(best)) plan.candidates.push({ provider: "webgpu", adapter: best.name });
+  else if (best)
+    plan.skipped.push(`WebGPU: the only adapter is ${describeGpuDevice(best)} (auto never picks one)`);
+  else plan.skipped.push(`WebGPU: no adapter${probe.reason ? ` (${probe.reason})` : ""}`);
+  return plan;
+}
+
 /** Creates the session on the device asked for (see `OrtDevice`). */
 export async function createOrtSession(spec: OrtSessionSpec): Promise<CreatedSession> {
   const where = typeof spec.model === "string" ? ` ${spec.model}` : "";
@@ -144,27 +166,16 @@ export async function createOrtSession(spec: OrtSessionSpec): Promise<CreatedSes
   }
   const skipped: string[] = [];
   if (spec.device === "auto") {
-    const noCuda = cudaUnavailableReason();
-    if (noCuda) skipped.push(`CUDA unavailable: ${noCuda}`);
-    else {
+    const plan = planAutoDevice();
+    skipped.push(...plan.skipped);
+    for (const { provider, adapter } of plan.candidates) {
       try {
-        return { session: await open(spec, "cuda"), provider: "cuda" };
+        return { session: await open(spec, provider), provider, adapter };
       } catch (err) {
-        skipped.push(`CUDA failed: ${(err as Error).message.split("\n")[0]}`);
+        skipped.push(
+          `${provider} failed${adapter ? ` on ${adapter}` : ""}: ${(err as Error).message.split("\n")[0]}`,
+        );
       }
-    }
-    const probe = probeGpuDevices();
-    const best = preferredGpuDevice(probe.devices);
-    if (best && !isSoftwareDevice(best)) {
-      try {
-        return { session: await open(spec, "webgpu"), provider: "webgpu", adapter: best.name };
-      } catch (err) {
-        skipped.push(`WebGPU failed on ${best.name}: ${(err as Error).message.split("\n")[0]}`);
-      }
-    } else if (best) {
-      skipped.push(`WebGPU: the only adapter is ${describeGpuDevice(best)} (auto never picks one)`);
-    } else {
-      skipped.push(`WebGPU: no adapter${probe.reason ? ` (${probe.reason})` : ""}`);
     }
   }
   try {
