@@ -9,6 +9,8 @@
  * it as the least recently used idle one) or POST /v1/regions/caption (the conversation is closed
  * after the answer). Both run decode -> encode -> project -> prefill -> generate.
  */
+import type { OrtDevice } from "../src/common/ort/index.js";
+import type { LlmGpu } from "../src/llm/index.js";
 import { buildServer } from "../src/api/index.js";
 import { loadConfig } from "../src/config.js";
 import { createPipeline } from "../src/pipeline/index.js";
@@ -28,8 +30,8 @@ export interface ConcurrencyBenchOptions {
   maxTokens: number;
   visionThreads: number;
   llmThreads: number;
-  device: "auto" | "cpu" | "cuda";
-  gpu: false | "auto" | "cuda" | "vulkan";
+  device: OrtDevice;
+  gpu: LlmGpu;
   contextSize: number;
   /** LLM sequences (conversations decoding at once). */
   maxConversations: number;

@@ -7,12 +7,14 @@
  *
  *   npm run bench -- [--only pipeline,concurrency,vision,llm] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
- *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N] [--device auto|cpu|cuda]
- *     [--gpu false|auto|cuda|vulkan] [--max-conversations N] [--endpoint ask|caption] [--out DIR]
+ *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N]
+ *     [--device auto|webgpu|cuda|cpu] [--gpu false|auto|cuda|vulkan|metal] [--max-conversations N]
+ *     [--endpoint ask|caption] [--out DIR]
  *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
  * one CPU request takes many seconds). vision and llm run bench/vision.ts and bench/llm.ts.
+ * On a software adapter (Mesa's lavapipe), `--device webgpu` numbers check the GPU path, not its speed.
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -20,6 +22,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { ORT_DEVICES, type OrtDevice } from "../src/common/ort/index.js";
+import { LLM_GPUS, type LlmGpu } from "../src/llm/index.js";
 import { runConcurrencyBench, type ConcurrencyBenchResult, type ConcurrencyEndpoint } from "./concurrency.js";
 import { resolveModelSet, type ModelSetName } from "./model-sets.js";
 import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
@@ -83,12 +87,10 @@ function list<T extends string>(
   return items;
 }
 
-const device = values.device as "auto" | "cpu" | "cuda";
-if (!["auto", "cpu", "cuda"].includes(device)) fail(`--device must be auto, cpu or cuda`);
-if (!["false", "auto", "cuda", "vulkan"].includes(values.gpu!))
-  fail(`--gpu must be false, auto, cuda or vulkan`);
-const gpu: false | "auto" | "cuda" | "vulkan" =
-  values.gpu === "false" ? false : (values.gpu as "auto" | "cuda" | "vulkan");
+const device = values.device as OrtDevice;
+if (!ORT_DEVICES.includes(device)) fail(`--device must be one of ${ORT_DEVICES.join(", ")}`);
+const gpu = (values.gpu === "false" ? false : values.gpu) as LlmGpu;
+if (!LLM_GPUS.includes(gpu)) fail(`--gpu must be one of ${LLM_GPUS.join(", ")}`);
 if (values.endpoint !== "ask" && values.endpoint !== "caption") fail(`--endpoint must be ask or caption`);
 const endpoint = values.endpoint as ConcurrencyEndpoint;
 const levels = values.levels!.split(",").map(Number);

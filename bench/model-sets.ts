@@ -5,6 +5,8 @@
  *     projector, random 96-wide LLaMA), what "bundled" falls back to while models/shapes is missing,
  *   - "full": full-size synthetic models (bench/synthetic-models.ts).
  */
+import type { OrtDevice } from "../src/common/ort/index.js";
+import type { LlmGpu } from "../src/llm/index.js";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { repoModelsDir, resolveModelPreset } from "../src/models/index.js";
@@ -95,8 +97,8 @@ export async function resolveModelSet(
 export interface BenchEngineOptions {
   visionThreads: number;
   llmThreads: number;
-  device: "auto" | "cpu" | "cuda";
-  gpu: false | "auto" | "cuda" | "vulkan";
+  device: OrtDevice;
+  gpu: LlmGpu;
   contextSize: number;
 }
 

@@ -8,6 +8,8 @@
  * Time to first token (TTFT) is measured from the image bytes for cold and warm (what a client of a
  * first question waits), and from the question for the follow-up.
  */
+import type { OrtDevice } from "../src/common/ort/index.js";
+import type { LlmGpu } from "../src/llm/index.js";
 import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
 import type { Conversation, GenerationOptions } from "../src/pipeline/index.js";
 import { benchImage, type BenchImage } from "./images.js";
@@ -19,8 +21,8 @@ export interface PipelineBenchOptions {
   maxTokens: number;
   visionThreads: number;
   llmThreads: number;
-  device: "auto" | "cpu" | "cuda";
-  gpu: false | "auto" | "cuda" | "vulkan";
+  device: OrtDevice;
+  gpu: LlmGpu;
   contextSize: number;
 }
 

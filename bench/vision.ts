@@ -1,5 +1,5 @@
 /**
- * Vision stage benchmark on this machine's CPU (or a GPU with --device cuda):
+ * Vision stage benchmark on this machine's CPU (or a GPU with --device webgpu or cuda):
  *   - preprocessing ms/image: decode + region + LLaVA preprocessing (pad, Pillow-exact bicubic to 336,
  *     normalisation, mask alpha) of the golden 640x427 image and mask;
  *   - encoder ms/image and peak RSS for a full-size Alpha-CLIP ViT-L/14@336 with random weights, fp32
@@ -7,7 +7,7 @@
  * The random models are written on demand through the converter's in-memory API into
  * $TMPDIR/region-vqa-bench (reused on later runs; never committed).
  *
- *   npm run bench:vision -- [--runs 3] [--batch 1] [--threads N] [--device auto|cpu|cuda] [--precisions fp32,fp16]
+ *   npm run bench:vision -- [--runs 3] [--batch 1] [--threads N] [--device auto|webgpu|cuda|cpu] [--precisions fp32,fp16]
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";

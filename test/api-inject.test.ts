@@ -276,6 +276,17 @@ describe("POST /v1/regions/ask", () => {
     expect(pipeline.openConversations).toHaveLength(before);
   });
 
+  it("a failed GPU is a 503 with Retry-After, not a 500", async () => {
+    pipeline.failNextAnswer = {
+      afterPieces: 0,
+      error: new RegionVqaError("device_failed", "the webgpu device failed"),
+    };
+    const r = await post("/v1/regions/ask", { image: dataUrl(image), question: "Q?" });
+    expect(r.status).toBe(503);
+    expect(r.body.error.code).toBe("device_failed");
+    expect(Number(r.headers["retry-after"])).toBeGreaterThan(0);
+  });
+
   it("a failure mid-stream arrives as an error event; the conversation stays for another try", async () => {
     pipeline.failNextAnswer = { afterPieces: 2, error: new RegionVqaError("context_full", "no room left") };
     const r = await post("/v1/regions/ask", { image: dataUrl(image), question: "Q?", stream: true });

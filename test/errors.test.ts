@@ -7,6 +7,7 @@ describe("error codes", () => {
     expect(httpStatusFor("payload_too_large")).toBe(413);
     expect(httpStatusFor("conversation_not_found")).toBe(404);
     expect(httpStatusFor("overloaded")).toBe(503);
+    expect(httpStatusFor("device_failed")).toBe(503);
     expect(httpStatusFor("model_invalid")).toBe(500);
     const e = new RegionVqaError("box_invalid", "box x2 must exceed x1");
     expect(e.code).toBe("box_invalid");

@@ -10,6 +10,7 @@ import type { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeOnnxModel } from "../src/common/onnx/index.js";
 import { OnnxSession } from "../src/common/ort/index.js";
+import { runError } from "../src/common/ort/session.js";
 import { maxAbsDiff } from "../src/common/tensor.js";
 import {
   buildProjectorModel,
@@ -146,5 +147,33 @@ describe("OnnxSession", () => {
       expect(ok[session.outputNames[0]].dims).toEqual([1, 2, 96]);
       await session.dispose();
     }
+  });
+
+  it("a run that overruns its time limit fails with device_failed, and so does every later one", async () => {
+    const session = await OnnxSession.open(modelFile, {
+      label: "test projector",
+      device: "cpu",
+      threads: 1,
+      runTimeoutMs: 1,
+    });
+    const input = () => ({ [session.inputNames[0]]: { data: features(20_000, 1), dims: [1, 20_000, 64] } });
+    const first = session.run(input());
+    const queued = session.run(input());
+    await expect(first).rejects.toEqual(code("device_failed"));
+    await expect(queued).rejects.toEqual(code("device_failed"));
+    await expect(session.run(input())).rejects.toThrow(/a run on cpu did not finish within 1 ms/);
+    await session.dispose();
+  });
+
+  it("a lost or out-of-memory GPU is device_failed (HTTP 503); other run failures stay internal", () => {
+    const lost = runError(new Error("Device was lost: VK_ERROR_DEVICE_LOST"), "webgpu", "vision encoder");
+    expect(lost.code).toBe("device_failed");
+    expect(lost.message).toMatch(/vision encoder: the webgpu device failed/);
+    expect(runError(new Error("CUDA error: out of memory"), "cuda", "projector").code).toBe("device_failed");
+    // The same words from the CPU provider, or a caller's wrong shape on a GPU, are not a device failure.
+    expect(runError(new Error("out of memory"), "cpu", "projector").code).toBe("internal");
+    expect(runError(new Error("Got invalid dimensions for input"), "webgpu", "projector").code).toBe(
+      "internal",
+    );
   });
 });

@@ -35,6 +35,7 @@ export type ErrorCode =
   | "model_not_found"
   | "model_mismatch"
   | "device_unavailable"
+  | "device_failed"
   | "native_incompatible"
   | "download_failed"
   | "checksum_mismatch"
@@ -75,6 +76,8 @@ export function httpStatusFor(code: ErrorCode): number {
     case "unsupported_media_type":
       return 415;
     case "overloaded":
+    // A GPU that failed or hung mid-run: the server cannot serve now; trying later (or elsewhere) may.
+    case "device_failed":
       return 503;
     case "aborted":
       return 499;

@@ -54,6 +54,11 @@ export interface PipelineOptions {
   maxRegions?: number;
   /** Most characters in one question. Default 2000. */
   maxQuestionChars?: number;
+  /**
+   * Run the vision models once while loading, so the first request does not pay a GPU's shader
+   * compilation (readiness waits for it). Default: when the vision models run on a GPU.
+   */
+  warmUp?: boolean;
   /** Replaces LLaVA's system prompt. */
   systemPrompt?: string;
   /** Questions asked for captions. */
@@ -90,9 +95,9 @@ export const PIPELINE_DEFAULTS = {
 const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefined };
 
 export type ResolvedPipelineOptions = Required<
-  Omit<PipelineOptions, "projector" | "contextSize" | "systemPrompt" | "onStage" | "onCache">
+  Omit<PipelineOptions, "projector" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache">
 > &
-  Pick<PipelineOptions, "projector" | "contextSize" | "systemPrompt"> & {
+  Pick<PipelineOptions, "projector" | "contextSize" | "systemPrompt" | "warmUp"> & {
     onStage: (stage: PipelineStage, ms: number) => void;
     onCache: (hit: boolean) => void;
   };

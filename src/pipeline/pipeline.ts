@@ -46,6 +46,10 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         template: o.systemPrompt !== undefined ? { systemPrompt: o.systemPrompt } : undefined,
       });
       embedder.assertFits(llm.embeddingSize);
+      if (o.warmUp ?? embedder.provider !== "cpu") {
+        const ms = await embedder.warmUp();
+        o.logger.info(`vision warm-up on ${embedder.device}: ${ms.toFixed(0)} ms`);
+      }
     } catch (err) {
       await llm?.dispose().catch(() => undefined);
       await embedder.dispose().catch(() => undefined);

@@ -188,6 +188,22 @@ export class RegionEmbedder {
     return results as RegionEmbeddings[];
   }
 
+  /**
+   * One encoder (and projector) run on a blank image, so that a GPU compiles its shaders now and not
+   * during the first request. Returns how long it took (ms).
+   */
+  async warmUp(): Promise<number> {
+    const t0 = performance.now();
+    const size = this.encoder.imageSize;
+    const encoded = await this.encoder.encode({
+      pixelValues: { data: new Float32Array(3 * size * size), shape: [1, 3, size, size] },
+      alpha: llavaAlphaFromMask(null, size).alpha,
+    });
+    if (!encoded.projected && encoded.features && this.projector)
+      await this.projector.project(encoded.features);
+    return performance.now() - t0;
+  }
+
   cacheStats(): ByteLruStats {
     return this.cache.stats();
   }

@@ -14,8 +14,8 @@ import {
   createOrtSession,
   fromWireError,
   ORT_DEVICES,
+  runError,
   runOrtSession,
-  toWireError,
   type OrtDevice,
   type OrtProvider,
   type OrtSessionSpec,
@@ -35,6 +35,11 @@ export interface OnnxSessionOptions {
   threads?: number;
   /** Default true. false runs on the calling thread: only for models whose runs take microseconds. */
   inWorker?: boolean;
+  /**
+   * A run that takes longer than this (from its start, not its queueing) fails with `device_failed`,
+   * and so does every later one: a hung GPU must not hang the requests behind it. Default 10 minutes.
+   */
+  runTimeoutMs?: number;
   logger?: OnnxSessionLogger;
 }
 
@@ -58,8 +63,16 @@ interface Ready {
   outputNames: string[];
 }
 
+const DEFAULT_RUN_TIMEOUT_MS = 10 * 60_000;
+
 export class OnnxSession {
   private disposed = false;
+  /** Set when a run overran its time: the session is unusable from then on. */
+  private failure: RegionVqaError | undefined;
+  /** Settles when the run submitted last has settled (runs execute in order: the next starts then). */
+  private tail: Promise<unknown> = Promise.resolve();
+  /** Runs not settled yet, to fail them all at once when one overruns. */
+  private readonly outstanding = new Set<(err: RegionVqaError) => void>();
 
   private constructor(
     readonly label: string,
@@ -70,6 +83,7 @@ export class OnnxSession {
     readonly inputNames: readonly string[],
     readonly outputNames: readonly string[],
     private readonly transport: Transport,
+    private readonly runTimeoutMs: number,
   ) {}
 
   static async open(model: string | Uint8Array, options: OnnxSessionOptions): Promise<OnnxSession> {
@@ -100,6 +114,7 @@ export class OnnxSession {
       ready.inputNames,
       ready.outputNames,
       transport,
+      options.runTimeoutMs ?? DEFAULT_RUN_TIMEOUT_MS,
     );
   }
 
@@ -109,14 +124,50 @@ export class OnnxSession {
    */
   async run(inputs: Outputs): Promise<Outputs> {
     if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
-    return this.transport.run(inputs);
+    if (this.failure) throw this.failure;
+    const started = this.tail;
+    const result = this.transport.run(inputs);
+    this.tail = result.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    let fail!: (err: RegionVqaError) => void;
+    const overrun = new Promise<never>((_resolve, reject) => (fail = reject));
+    this.outstanding.add(fail);
+    void started.then(() => {
+      timer = setTimeout(() => this.overran(), this.runTimeoutMs);
+      timer.unref();
+    });
+    try {
+      return await Promise.race([result, overrun]);
+    } finally {
+      clearTimeout(timer);
+      this.outstanding.delete(fail);
+    }
   }
 
-  /** Fails the queued runs with `aborted`, waits for the one in progress, releases the session. */
+  private overran(): void {
+    this.failure ??= new RegionVqaError(
+      "device_failed",
+      `${this.label}: a run on ${this.provider} did not finish within ${this.runTimeoutMs} ms; the device ` +
+        "may be lost or hung. Restart the process (or choose another device).",
+    );
+    for (const fail of this.outstanding) fail(this.failure);
+    this.outstanding.clear();
+  }
+
+  /**
+   * Fails the queued runs with `aborted`, waits for the one in progress, releases the session. After a
+   * run overran, it waits a few seconds at most and then leaves the stuck thread behind (detached):
+   * ending it under a native run could take the process down.
+   */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    await this.transport.close();
+    if (!this.failure) {
+      await this.transport.close();
+      return;
+    }
+    this.transport.worker?.unref();
+    await Promise.race([this.transport.close(), new Promise((r) => setTimeout(r, 5000).unref())]);
   }
 
   /** The worker's thread id (undefined on the calling thread); tests check work happens off it. */
@@ -134,7 +185,7 @@ async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready;
       const next = queue.then(() => {
         if (closed) throw new RegionVqaError("aborted", `${spec.label} was disposed`);
         return runOrtSession(session, inputs).catch((err: unknown) => {
-          throw fromWireError(toWireError(err, spec.label));
+          throw fromWireError(runError(err, provider, spec.label));
         });
       });
       queue = next.catch(() => undefined);

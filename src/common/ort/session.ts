@@ -221,6 +221,22 @@ export function toWireError(err: unknown, label: string): WireError {
   };
 }
 
+/** What a GPU says when it is gone or out of memory (Dawn, Vulkan, CUDA). */
+const DEVICE_FAILURE =
+  /device (?:is |was )?lost|devicelost|out of memory|\boom\b|VK_ERROR_|cuda ?error|cudaError|CUBLAS_STATUS/i;
+
+/**
+ * A failed run's error: on a GPU, a lost device or exhausted GPU memory is `device_failed` (the
+ * server answers 503: not the request's fault); everything else stays `internal`.
+ */
+export function runError(err: unknown, provider: OrtProvider, label: string): WireError {
+  const wire = toWireError(err, label);
+  if (wire.code === "internal" && provider !== "cpu" && DEVICE_FAILURE.test(wire.message)) {
+    return { code: "device_failed", message: `${label}: the ${provider} device failed: ${wire.message}` };
+  }
+  return wire;
+}
+
 export function fromWireError(error: WireError): RegionVqaError {
   return new RegionVqaError(error.code, error.message);
 }

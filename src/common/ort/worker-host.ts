@@ -7,8 +7,10 @@ import type * as ort from "onnxruntime-node";
 import type { HostMessage, OwnerMessage } from "./protocol.js";
 import {
   createOrtSession,
+  runError,
   runOrtSession,
   toWireError,
+  type OrtProvider,
   type OrtSessionSpec,
   type WireTensor,
 } from "./session.js";
@@ -19,6 +21,7 @@ const spec = workerData as OrtSessionSpec;
 const post = (message: HostMessage, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
 
 let session: ort.InferenceSession | undefined;
+let provider: OrtProvider = "cpu";
 let closing = false;
 // Runs are chained so that they execute one at a time, in the order they arrived.
 let queue: Promise<void> = Promise.resolve();
@@ -26,6 +29,7 @@ let queue: Promise<void> = Promise.resolve();
 const ready = createOrtSession(spec).then(
   (created) => {
     session = created.session;
+    provider = created.provider;
     post({
       type: "ready",
       provider: created.provider,
@@ -53,7 +57,7 @@ async function run(id: number, inputs: Record<string, WireTensor>): Promise<void
       Object.values(outputs).map((t) => t.data.buffer as ArrayBuffer),
     );
   } catch (err) {
-    post({ type: "result", id, error: toWireError(err, spec.label) });
+    post({ type: "result", id, error: runError(err, provider, spec.label) });
   }
 }
 
