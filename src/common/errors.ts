@@ -75,8 +75,9 @@ export function httpStatusFor(code: ErrorCode): number {
       return 413;
     case "unsupported_media_type":
       return 415;
+    // device_failed: a GPU that failed or hung mid-run. The server cannot serve now; later (or
+    // another replica) may.
     case "overloaded":
-    // A GPU that failed or hung mid-run: the server cannot serve now; trying later (or elsewhere) may.
     case "device_failed":
       return 503;
     case "aborted":
