@@ -8,6 +8,7 @@
  * Time to first token (TTFT) is measured from the image bytes for cold and warm (what a client of a
  * first question waits), and from the question for the follow-up.
  */
+import { isSoftwareDevice, probeGpuDevices } from "../src/common/gpu.js";
 import type { OrtDevice } from "../src/common/ort/index.js";
 import type { LlmGpu } from "../src/llm/index.js";
 import { createPipeline, type LocalRegionVqaPipeline, type PipelineStage } from "../src/pipeline/index.js";
@@ -66,6 +67,8 @@ export interface PipelineBenchResult {
     llm: string;
   };
   options: PipelineBenchOptions;
+  /** Where the stages ran (`pipeline.models.devices`), and whether a GPU was a software one. */
+  devices?: { vision: string; llm: string; softwareAdapter: boolean };
   loadMs: number | null;
   /** First request after loading (ORT plans memory, llama.cpp warms up); not in the scenarios. */
   warmupMs: number | null;
@@ -204,6 +207,13 @@ export async function runPipelineBench(
   });
   const loadMs = performance.now() - t0;
   log(`pipeline (${models.name}) loaded in ${(loadMs / 1000).toFixed(1)} s`);
+  const software = probeGpuDevices()
+    .devices.filter(isSoftwareDevice)
+    .map((d) => d.name);
+  const devices = {
+    ...pipeline.models.devices,
+    softwareAdapter: software.some((name) => pipeline.models.devices.vision.includes(name)),
+  };
   const samples: Record<ScenarioName, RunSample[]> = { cold: [], warm: [], "follow-up": [] };
   let warmupMs = NaN;
   try {
@@ -264,6 +274,7 @@ export async function runPipelineBench(
       llm: models.llm,
     },
     options,
+    devices,
     loadMs: round(loadMs, 0),
     warmupMs: round(warmupMs, 0),
     scenarios,

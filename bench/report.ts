@@ -37,7 +37,13 @@ export function pipelineTable(r: PipelineBenchResult): string {
     `### Pipeline stages: ${r.models.set} (${r.models.description})`,
     "",
     ...(r.models.note ? [`> ${r.models.note}`, ""] : []),
-    `device ${o.device}, llama.cpp gpu ${String(o.gpu)}; ONNX Runtime ${o.visionThreads} thread(s), llama.cpp ${o.llmThreads} thread(s); ` +
+    ...(r.devices?.softwareAdapter
+      ? [
+          `> The vision models ran on ${r.devices.vision}, a software (CPU-emulated) GPU: these numbers check the GPU code path, they say nothing of GPU speed.`,
+          "",
+        ]
+      : []),
+    `device ${o.device}${r.devices ? ` (vision on ${r.devices.vision}, LLM on ${r.devices.llm})` : ""}, llama.cpp gpu ${String(o.gpu)}; ONNX Runtime ${o.visionThreads} thread(s), llama.cpp ${o.llmThreads} thread(s); ` +
       `greedy, max ${o.maxTokens} tokens; median of ${o.repeats} run(s); load ${cell(r.loadMs, " ms")}, first request after load ${cell(r.warmupMs, " ms")}; peak RSS ${r.peakRssMiB} MiB`,
     "",
     "| scenario | decode ms | preprocess ms | encode ms | project ms | prefill ms (system + image) | question tokens evaluated | question → first token ms | **TTFT ms** | decode tok/s | answer tokens | encoder ran | cache hits / misses |",
@@ -75,6 +81,12 @@ export function concurrencyTable(r: ConcurrencyBenchResult): string {
     `### Throughput under concurrency: ${r.models.set} (${r.models.description})`,
     "",
     ...(r.models.note ? [`> ${r.models.note}`, ""] : []),
+    ...(o.device === "webgpu"
+      ? [
+          "> With `--device webgpu` on a software adapter (e.g. Mesa's lavapipe) these numbers say nothing of GPU speed.",
+          "",
+        ]
+      : []),
     `${r.endpoint}; ${r.imageSize}, a different image per request; max ${o.maxTokens} tokens; ` +
       `${o.maxConversations} LLM sequences; ONNX Runtime ${o.visionThreads} thread(s), llama.cpp ${o.llmThreads}; ` +
       `each level up to ${o.seconds} s or ${o.maxRequests} requests`,
