@@ -32,10 +32,12 @@ if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.json ] && [ ! -e /usr/share/vulkan/icd
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     suite=()
     if [ "$codename" = "bookworm" ]; then
-      mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+      # shellcheck disable=SC2207
+      sources=($(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true))
+      mirror=$( (grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' "${sources[@]}" 2>/dev/null || true) |
         head -n 1 | awk '{print $2}')
       mirror=${mirror:-http://deb.debian.org/debian}
-      if ! grep -rqs "bookworm-backports" /etc/apt/sources.list.d/ /etc/apt/sources.list; then
+      if ! grep -qs "bookworm-backports" "${sources[@]}"; then
         printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
           "$mirror" >/etc/apt/sources.list.d/region-vqa-bookworm-backports.sources
       fi
