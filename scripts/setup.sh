@@ -44,8 +44,11 @@ if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.json ] && [ ! -e /usr/share/vulkan/icd
       suite=(-t bookworm-backports)
     fi
     echo "setup: installing Mesa's Vulkan drivers (lavapipe, for the WebGPU code path)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${suite[@]}" mesa-vulkan-drivers >/dev/null
+    # Not fatal: everything else still installs and runs; the GPU tests then report the missing
+    # adapter themselves (they fail under CI=true, which must run the GPU code path).
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${suite[@]}" mesa-vulkan-drivers >/dev/null; }; then
+      echo "setup: could not install mesa-vulkan-drivers; there is no WebGPU adapter" >&2
+    fi
   else
     echo "setup: no Vulkan driver found and cannot apt-get one; the WebGPU tests will be skipped" >&2
   fi
