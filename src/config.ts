@@ -218,7 +218,6 @@ function parseValue(field: string, raw: string, source: string): unknown {
     }
     return n;
   }
-  if (field === "model.gpu") return raw === "false" ? false : raw;
   if (listFields.has(field)) {
     return raw
       .split(",")
@@ -295,7 +294,7 @@ function validate(config: ServerConfig): ServerConfig {
   const { device, gpu } = config.model;
   if (device !== undefined && !ORT_DEVICES.includes(device))
     problems.push(`model.device must be ${ORT_DEVICES.join(", ")}`);
-  // A JSON file may say "false" as text, like the environment.
+  // The environment, and a JSON file too, may say "false" as text.
   if ((gpu as unknown) === "false") config.model.gpu = false;
   if (config.model.gpu !== undefined && !LLM_GPUS.includes(config.model.gpu)) {
     problems.push(`model.gpu must be ${LLM_GPUS.join(", ")}`);

@@ -50,8 +50,7 @@ interface Transport {
   run(inputs: Outputs): Promise<Outputs>;
   /** Resolves once the run in progress (if any) is over and the session is released. */
   close(): Promise<void>;
-  readonly threadId?: number;
-  /** The worker thread, when there is one (tests simulate a crash with it). */
+  /** The worker thread, when there is one (its id shows work happens off the main thread). */
   readonly worker?: Worker;
 }
 
@@ -172,7 +171,7 @@ export class OnnxSession {
 
   /** The worker's thread id (undefined on the calling thread); tests check work happens off it. */
   get workerThreadId(): number | undefined {
-    return this.transport.threadId;
+    return this.transport.worker?.threadId;
   }
 }
 
@@ -287,7 +286,6 @@ async function workerTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; tr
   const send = (message: OwnerMessage, transfer: ArrayBuffer[] = []) => worker.postMessage(message, transfer);
 
   const transport: Transport = {
-    threadId: worker.threadId,
     worker,
     run(inputs) {
       if (failure) return Promise.reject(failure);
