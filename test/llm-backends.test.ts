@@ -11,8 +11,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { hardwareGpuPresent } from "../src/common/gpu.js";
+import { runNode } from "./support/run-cli.js";
 import { repoRoot } from "./support/tiny-models.js";
-import { spawn } from "node:child_process";
 import path from "node:path";
 
 interface Answered {
@@ -21,23 +21,15 @@ interface Answered {
   answer: string;
 }
 
-function answerWith(gpu: string): Promise<Answered> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ["--import", "tsx", path.join(repoRoot, "test/support/answer-with-backend.ts"), gpu],
-      { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("error", reject);
-    child.on("close", (code) => {
-      if (code !== 0) reject(new Error(`gpu=${gpu} exited with ${code}:\n${stderr}`));
-      else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!) as Answered);
-    });
-  });
+async function answerWith(gpu: string): Promise<Answered> {
+  const r = await runNode(
+    ["--import", "tsx", path.join(repoRoot, "test/support/answer-with-backend.ts"), gpu],
+    {
+      timeoutMs: 300_000,
+    },
+  );
+  if (r.code !== 0) throw new Error(`gpu=${gpu} exited with ${r.code}:\n${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split("\n").at(-1)!) as Answered;
 }
 
 describe("llama.cpp builds and the embeddings addon", () => {

@@ -3,11 +3,11 @@
  * `eval-shapes` scenes (every question type) through both pipelines, and the HTTP server serving from
  * the WebGPU pipeline. Here and in CI the adapter is Mesa's software lavapipe (correctness, not speed).
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it } from "vitest";
 import { resolveModelOptions } from "../src/models/index.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { evaluateShapes, type ShapesEvalRecord } from "../src/shapes/index.js";
-import { gpuAdapter, noGpuReason, requireGpu } from "./support/gpu.js";
+import { describeWithGpu, gpuAdapter } from "./support/gpu.js";
 import { json, postJson, startServer } from "./support/server.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
@@ -16,67 +16,58 @@ import { repoRoot } from "./support/tiny-models.js";
 const SCENES = 50;
 const SEED = 3000;
 
-if (requireGpu.failInCi) {
-  it("CI has a WebGPU adapter", () => {
-    throw new Error(`CI must run the GPU code path, but ${noGpuReason}`);
+describeWithGpu("the bundled model on WebGPU", () => {
+  const pipelines: Partial<Record<"cpu" | "webgpu", LocalRegionVqaPipeline>> = {};
+
+  beforeAll(async () => {
+    for (const device of ["cpu", "webgpu"] as const) {
+      const models = await resolveModelOptions({ device, visionThreads: 1, llmThreads: 1 });
+      pipelines[device] = await createPipeline({ ...models, maxConversations: 2 });
+    }
   });
-}
+  afterAll(async () => {
+    for (const p of Object.values(pipelines)) await p?.dispose();
+  });
 
-describe.skipIf(requireGpu.skip || requireGpu.failInCi)(
-  `the bundled model on WebGPU (${gpuAdapter?.name ?? "no adapter"})`,
-  () => {
-    const pipelines: Partial<Record<"cpu" | "webgpu", LocalRegionVqaPipeline>> = {};
+  it(`answers ${SCENES} eval-shapes scenes as the CPU does (>= 98 % of questions the same)`, async () => {
+    const answers = async (device: "cpu" | "webgpu") => {
+      const records: ShapesEvalRecord[] = [];
+      await evaluateShapes(pipelines[device]!, {
+        scenes: SCENES,
+        seed: SEED,
+        onAnswer: (r) => records.push(r),
+      });
+      return records;
+    };
+    // Both at once: the LLM (CPU) of one overlaps the other's vision work.
+    const [cpu, gpu] = await Promise.all([answers("cpu"), answers("webgpu")]);
+    expect(gpu.length).toBe(cpu.length);
+    expect(cpu.length).toBeGreaterThanOrEqual(SCENES * 8);
+    const key = (r: ShapesEvalRecord) => `${r.scene}|${r.category}|${r.question}`;
+    const onCpu = new Map(cpu.map((r) => [key(r), r.answer]));
+    const same = gpu.filter((r) => onCpu.get(key(r)) === r.answer).length;
+    const correct = (rs: ShapesEvalRecord[]) => rs.filter((r) => r.correct).length / rs.length;
+    console.info(
+      `webgpu vs cpu: ${same}/${gpu.length} answers the same; accuracy cpu ${(100 * correct(cpu)).toFixed(1)} %, webgpu ${(100 * correct(gpu)).toFixed(1)} %`,
+    );
+    expect(same / gpu.length).toBeGreaterThanOrEqual(0.98);
+  });
 
-    beforeAll(async () => {
-      for (const device of ["cpu", "webgpu"] as const) {
-        const models = await resolveModelOptions({ device, visionThreads: 1, llmThreads: 1 });
-        pipelines[device] = await createPipeline({ ...models, maxConversations: 2 });
-      }
-    });
-    afterAll(async () => {
-      for (const p of Object.values(pipelines)) await p?.dispose();
-    });
-
-    it(`answers ${SCENES} eval-shapes scenes as the CPU does (>= 98 % of questions the same)`, async () => {
-      const answers = async (device: "cpu" | "webgpu") => {
-        const records: ShapesEvalRecord[] = [];
-        await evaluateShapes(pipelines[device]!, {
-          scenes: SCENES,
-          seed: SEED,
-          onAnswer: (r) => records.push(r),
-        });
-        return records;
-      };
-      // Both at once: the LLM (CPU) of one overlaps the other's vision work.
-      const [cpu, gpu] = await Promise.all([answers("cpu"), answers("webgpu")]);
-      expect(gpu.length).toBe(cpu.length);
-      expect(cpu.length).toBeGreaterThanOrEqual(SCENES * 8);
-      const key = (r: ShapesEvalRecord) => `${r.scene}|${r.category}|${r.question}`;
-      const onCpu = new Map(cpu.map((r) => [key(r), r.answer]));
-      const same = gpu.filter((r) => onCpu.get(key(r)) === r.answer).length;
-      const correct = (rs: ShapesEvalRecord[]) => rs.filter((r) => r.correct).length / rs.length;
-      console.info(
-        `webgpu vs cpu: ${same}/${gpu.length} answers the same; accuracy cpu ${(100 * correct(cpu)).toFixed(1)} %, webgpu ${(100 * correct(gpu)).toFixed(1)} %`,
-      );
-      expect(same / gpu.length).toBeGreaterThanOrEqual(0.98);
-    });
-
-    it("serves answers from the WebGPU pipeline over HTTP", async () => {
-      const server = await startServer(pipelines.webgpu!);
-      try {
-        const image = readFileSync(path.join(repoRoot, "examples/shapes.png")).toString("base64");
-        const r = await postJson(server, "/v1/regions/ask", {
-          image,
-          box: [128, 15, 210, 97],
-          question: "What colour is the highlighted region?",
-        });
-        expect(r.status).toBe(200);
-        expect((await json(r)).answer.toLowerCase()).toMatch(/\bred\b/);
-        const ready = await json(await fetch(`${server.url}/readyz`));
-        expect(ready.devices.vision).toBe(`webgpu (${gpuAdapter!.name})`);
-      } finally {
-        await server.close();
-      }
-    });
-  },
-);
+  it("serves answers from the WebGPU pipeline over HTTP", async () => {
+    const server = await startServer(pipelines.webgpu!);
+    try {
+      const image = readFileSync(path.join(repoRoot, "examples/shapes.png")).toString("base64");
+      const r = await postJson(server, "/v1/regions/ask", {
+        image,
+        box: [128, 15, 210, 97],
+        question: "What colour is the highlighted region?",
+      });
+      expect(r.status).toBe(200);
+      expect((await json(r)).answer.toLowerCase()).toMatch(/\bred\b/);
+      const ready = await json(await fetch(`${server.url}/readyz`));
+      expect(ready.devices.vision).toBe(`webgpu (${gpuAdapter!.name})`);
+    } finally {
+      await server.close();
+    }
+  });
+});

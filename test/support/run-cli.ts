@@ -59,17 +59,27 @@ export function cliCommand(): string[] {
 
 /** Starts `region-vqa <args>` as a separate process (see `cliCommand`). */
 export function spawnCli(args: string[], options: CliOptions = {}): ChildProcess {
-  return spawn(process.execPath, [...cliCommand(), ...args], {
+  return spawnNode([...cliCommand(), ...args], options);
+}
+
+/** Runs `region-vqa <args>` as a separate process and collects its output. */
+export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+  return runNode([...cliCommand(), ...args], options);
+}
+
+/** Starts `node <nodeArgs>` in the repository root. */
+function spawnNode(nodeArgs: string[], options: CliOptions): ChildProcess {
+  return spawn(process.execPath, nodeArgs, {
     cwd: repoRoot,
     env: { ...process.env, ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
 }
 
-/** Runs `region-vqa <args>` as a separate process and collects its output. */
-export function runCli(args: string[], options: CliOptions = {}): Promise<CliResult> {
+/** Runs `node <nodeArgs>` (e.g. a script under test/support through tsx) and collects its output. */
+export function runNode(nodeArgs: string[], options: CliOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawnCli(args, options);
+    const child = spawnNode(nodeArgs, options);
     let stdout = "";
     let stderr = "";
     child.stdout!.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
