@@ -52,8 +52,9 @@ async function timeEncoder(
 
 const cpu = await timeEncoder("cpu");
 summary.encoder = { cpu: { firstMs: cpu.ms[0], medianMs: cpu.ms[3] } };
-const gpuDevices: OrtDevice[] = ["webgpu", ...(cudaUnavailableReason() ? [] : ["cuda" as const])];
-if (cudaUnavailableReason()) summary.cudaProvider = cudaUnavailableReason();
+const noCuda = cudaUnavailableReason();
+const gpuDevices: OrtDevice[] = ["webgpu", ...(noCuda ? [] : ["cuda" as const])];
+if (noCuda) summary.cudaProvider = noCuda;
 for (const device of gpuDevices) {
   try {
     const run = await timeEncoder(device);
