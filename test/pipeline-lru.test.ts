@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ByteLruCache } from "../src/pipeline/lru-cache.js";
+import { ByteLruCache } from "../src/common/lru-cache.js";
 
 describe("ByteLruCache", () => {
   const sized = () => new ByteLruCache<Float32Array>(100, (v) => v.byteLength);

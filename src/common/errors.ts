@@ -16,6 +16,12 @@ export type ErrorCode =
   | "polygon_invalid"
   | "rle_invalid"
   | "too_many_regions"
+  // point prompts and the segmenter (src/segmenter)
+  | "point_invalid"
+  | "point_outside_image"
+  | "too_many_points"
+  | "segment_empty"
+  | "segmenter_not_installed"
   // requests
   | "invalid_request"
   | "route_not_found"

@@ -2,7 +2,8 @@
  * Every model folder carries `manifest.json`. Loaders read it and never guess from file names.
  * `kind` says what the folder holds; `config` is kind-specific.
  */
-export type ModelKind = "alpha-clip-vision" | "llava-projector" | "alpha-clip-llava-fused" | "llm-gguf";
+export type ModelKind =
+  "alpha-clip-vision" | "llava-projector" | "alpha-clip-llava-fused" | "llm-gguf" | "sam-segmenter";
 
 export interface ManifestFile {
   /** Path relative to the folder. */

@@ -11,5 +11,5 @@ export {
 } from "./options.js";
 export { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
 export { ConversationRegistry, type StartConversationOptions } from "./conversation-registry.js";
-export { ByteLruCache, type ByteLruStats } from "./lru-cache.js";
+export { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 export type * from "./types.js";

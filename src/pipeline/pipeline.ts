@@ -7,7 +7,7 @@ import { RegionVqaError } from "../common/errors.js";
 import { LlavaModel, type AnswerResult, type Conversation, type GenerationOptions } from "../llm/index.js";
 import type { Region, RgbImage } from "../vision/index.js";
 import { ConversationRegistry } from "./conversation-registry.js";
-import type { ByteLruStats } from "./lru-cache.js";
+import type { ByteLruStats } from "../common/lru-cache.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
 import type { ModelsInfo, OpenConversationOptions, RegionVqaPipeline } from "./types.js";

@@ -19,7 +19,7 @@ import {
   type Region,
   type RgbImage,
 } from "../vision/index.js";
-import { ByteLruCache, type ByteLruStats } from "./lru-cache.js";
+import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
 
 /** Projected image embeddings of one region, ready for the LLM: `count` rows of n_embd, row-major. */

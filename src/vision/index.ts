@@ -1,5 +1,5 @@
 /** Public surface of the vision stage: decode -> region -> preprocess -> encoder. */
-export type { RgbImage, Mask, Region, Box, Polygon, CocoRle } from "./types.js";
+export type { RgbImage, Mask, Region, Box, Polygon, CocoRle, PointPrompt } from "./types.js";
 export {
   decodeImage,
   decodeMaskImage,
@@ -11,7 +11,7 @@ export {
 export { regionToMask, boxToMask, alphaToMask, ALPHA_REGION_THRESHOLD } from "./region.js";
 export { rasterizePolygons } from "./polygon.js";
 export { decodeRle, encodeRle, decodeRleString, encodeRleString, maskToRleCounts } from "./rle.js";
-export { pillowResizeBicubic } from "./pillow-resize.js";
+export { pillowResize, pillowResizeBicubic, type PillowFilter } from "./pillow-resize.js";
 export {
   preprocessForLlava,
   preprocessImageForLlava,

@@ -1,6 +1,6 @@
 /**
- * Pillow's 8-bit BICUBIC resize (Pillow 9.x `Resample.c`), reproduced bit for bit (docs/reference.md
- * section 2).
+ * Pillow's 8-bit BICUBIC and BILINEAR resizes (Pillow 9.x `Resample.c`), reproduced bit for bit
+ * (docs/reference.md section 2; BILINEAR is what SAM's processors use, section 8).
  *
  * The reference pipelines (LLaVA's CLIP image processor, Alpha-CLIP's torchvision transform) resize
  * with Pillow; sharp/libvips compute a different bicubic (tens of levels apart), so exact features
@@ -13,7 +13,12 @@
 const PRECISION_BITS = 22;
 const ROUNDING_OFFSET = 1 << (PRECISION_BITS - 1);
 const FIXED_ONE = 1 << PRECISION_BITS;
-const BICUBIC_SUPPORT = 2;
+
+/** A resampling filter: its kernel and the kernel's support (half-width) at scale 1. */
+interface ResampleFilter {
+  support: number;
+  kernel(x: number): number;
+}
 
 function bicubicFilter(xIn: number): number {
   const a = -0.5;
@@ -23,6 +28,17 @@ function bicubicFilter(xIn: number): number {
   return 0;
 }
 
+function bilinearFilter(xIn: number): number {
+  const x = xIn < 0 ? -xIn : xIn;
+  return x < 1 ? 1 - x : 0;
+}
+
+const FILTERS = {
+  bicubic: { support: 2, kernel: bicubicFilter },
+  bilinear: { support: 1, kernel: bilinearFilter },
+} satisfies Record<string, ResampleFilter>;
+export type PillowFilter = keyof typeof FILTERS;
+
 /** Per output position: first input index, number of taps, fixed-point weights (`ksize` per output). */
 interface Coefficients {
   ksize: number;
@@ -31,10 +47,10 @@ interface Coefficients {
   weights: Int32Array;
 }
 
-function precomputeCoefficients(inSize: number, outSize: number): Coefficients {
+function precomputeCoefficients(inSize: number, outSize: number, filter: ResampleFilter): Coefficients {
   const scale = inSize / outSize;
   const filterScale = scale < 1 ? 1 : scale;
-  const support = BICUBIC_SUPPORT * filterScale;
+  const support = filter.support * filterScale;
   const ksize = Math.ceil(support) * 2 + 1;
   const start = new Int32Array(outSize);
   const count = new Int32Array(outSize);
@@ -51,7 +67,7 @@ function precomputeCoefficients(inSize: number, outSize: number): Coefficients {
     xmax -= xmin;
     let sum = 0;
     for (let x = 0; x < xmax; x++) {
-      const w = bicubicFilter((x + xmin - center + 0.5) * invFilterScale);
+      const w = filter.kernel((x + xmin - center + 0.5) * invFilterScale);
       k[x] = w;
       sum += w;
     }
@@ -140,6 +156,20 @@ export function pillowResizeBicubic(
   outWidth: number,
   outHeight: number,
 ): Uint8Array {
+  return pillowResize(src, width, height, channels, outWidth, outHeight, "bicubic");
+}
+
+/** `Image.resize(size, Image.BICUBIC | Image.BILINEAR)` on an 8-bit "L"/"RGB" image, bit for bit. */
+export function pillowResize(
+  src: Uint8Array,
+  width: number,
+  height: number,
+  channels: number,
+  outWidth: number,
+  outHeight: number,
+  filterName: PillowFilter,
+): Uint8Array {
+  const filter = FILTERS[filterName];
   for (const [name, v] of [
     ["width", width],
     ["height", height],
@@ -148,22 +178,22 @@ export function pillowResizeBicubic(
     ["channels", channels],
   ] as const) {
     if (!Number.isInteger(v) || v < 1)
-      throw new RangeError(`pillowResizeBicubic: ${name} must be a positive integer, got ${v}`);
+      throw new RangeError(`pillowResize: ${name} must be a positive integer, got ${v}`);
   }
   if (src.length !== width * height * channels) {
     throw new RangeError(
-      `pillowResizeBicubic: expected ${width * height * channels} bytes for ${width}x${height}x${channels}, got ${src.length}`,
+      `pillowResize: expected ${width * height * channels} bytes for ${width}x${height}x${channels}, got ${src.length}`,
     );
   }
   const needHorizontal = outWidth !== width;
   const needVertical = outHeight !== height;
   if (!needHorizontal && !needVertical) return src.slice();
 
-  const vert = precomputeCoefficients(height, outHeight);
+  const vert = precomputeCoefficients(height, outHeight, filter);
   let current = src;
   let rowShift = 0;
   if (needHorizontal) {
-    const horiz = precomputeCoefficients(width, outWidth);
+    const horiz = precomputeCoefficients(width, outWidth, filter);
     // Only the rows the vertical pass will read (all rows when there is no vertical pass).
     let rowFirst = 0;
     let rowLast = height;

@@ -111,10 +111,16 @@ export function regionToMask(region: Region, width: number, height: number): Mas
     case "rle":
       mask = decodeRle(region.rle, width, height);
       break;
+    case "points":
+      // Clicks become a mask only through a segmenter (src/segmenter), which callers run first.
+      throw new RegionVqaError(
+        "segmenter_not_installed",
+        "A points region needs a segmenter to turn the clicks into a mask, and none is loaded.",
+      );
     default:
       throw new RegionVqaError(
         "region_invalid",
-        `Unknown region kind ${JSON.stringify((region as { kind?: unknown }).kind)}; expected mask, box, polygon, rle or whole.`,
+        `Unknown region kind ${JSON.stringify((region as { kind?: unknown }).kind)}; expected mask, box, polygon, rle, points or whole.`,
       );
   }
   if (countOnes(mask) === 0) {

@@ -23,9 +23,18 @@ export interface CocoRle {
   counts: string | number[];
 }
 
+/** A point prompt in image pixels: label 1 = the region includes it, 0 = it does not. */
+export interface PointPrompt {
+  x: number;
+  y: number;
+  label: 0 | 1;
+}
+
 export type Region =
   | { kind: "mask"; mask: Mask }
   | { kind: "box"; box: Box }
   | { kind: "polygon"; polygons: Polygon[] }
   | { kind: "rle"; rle: CocoRle }
+  /** Clicks (and optionally a box) that a segmenter turns into a mask: see src/segmenter. */
+  | { kind: "points"; points: PointPrompt[]; box?: Box }
   | { kind: "whole" };

@@ -1,6 +1,7 @@
 /**
  * A least-recently-used cache bounded by the total byte size of its values. Used for encoder and
- * projector outputs keyed by a content hash, so a repeated image+region never re-runs the encoder.
+ * projector outputs and the segmenter's image embeddings, keyed by a content hash, so a repeated
+ * image (+ region) never re-runs an encoder.
  */
 export interface ByteLruStats {
   entries: number;

@@ -1,0 +1,302 @@
+/**
+ * `SamSegmenter`: a SAM-style segmenter folder (manifest kind "sam-segmenter": an image encoder and a
+ * prompt decoder as two ONNX graphs) run in ONNX Runtime. The encoder runs once per image and its
+ * embeddings are kept in a byte-bounded LRU keyed by the image's content, so every further click on
+ * the same image only runs the small decoder ("encode once, click many").
+ *
+ * SAM 2.1 exports (encoder outputs `image_embeddings.0/1/2`, decoder input `input_boxes`) and SAM 1
+ * exports (`image_embeddings` + `image_positional_embeddings`, no box input) take the same path: the
+ * decoder is fed every encoder output it names as an input, plus the prompt tensors.
+ */
+import { createHash } from "node:crypto";
+import { readFile, stat } from "node:fs/promises";
+import path from "node:path";
+import { RegionVqaError } from "../common/errors.js";
+import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
+import type { ModelManifest } from "../common/manifest.js";
+import {
+  OnnxSession,
+  type OnnxSessionLogger,
+  type OrtDevice,
+  type OrtProvider,
+  type WireTensor,
+} from "../common/ort/index.js";
+import type { RgbImage } from "../vision/types.js";
+import { logitsToImage, thresholdLogits } from "./postprocess.js";
+import { checkPrompt, encodePrompt, preprocessForSam } from "./preprocess.js";
+import type {
+  ImageEmbeddings,
+  SamFrame,
+  SegmentCandidate,
+  SegmentPrompt,
+  SegmentResult,
+  SegmenterConfig,
+} from "./types.js";
+
+export const SEGMENTER_KIND = "sam-segmenter";
+/** Default bound of the image-embedding cache: SAM 2.1-tiny's embeddings take about 16 MB per image. */
+export const DEFAULT_SEGMENTER_CACHE_BYTES = 256 * 1024 * 1024;
+
+export interface SegmenterLoadOptions {
+  device?: OrtDevice;
+  threads?: number;
+  logger?: OnnxSessionLogger;
+  /** Bytes of image embeddings kept. Default 256 MiB. */
+  cacheBytes?: number;
+}
+
+/** Reads and checks a segmenter folder's manifest. */
+export async function readSegmenterManifest(dir: string): Promise<ModelManifest<SegmenterConfig>> {
+  const s = await stat(dir).catch(() => undefined);
+  if (!s?.isDirectory()) {
+    throw new RegionVqaError("model_not_found", `Segmenter folder not found: ${dir}`, { path: dir });
+  }
+  let manifest: ModelManifest<SegmenterConfig>;
+  try {
+    manifest = JSON.parse(
+      await readFile(path.join(dir, "manifest.json"), "utf8"),
+    ) as ModelManifest<SegmenterConfig>;
+  } catch (err) {
+    throw new RegionVqaError(
+      "model_invalid",
+      `${dir}/manifest.json is missing or not JSON: ${(err as Error).message}`,
+    );
+  }
+  if (manifest.kind !== SEGMENTER_KIND) {
+    throw new RegionVqaError(
+      "model_invalid",
+      `${dir} holds a "${String(manifest.kind)}" model, not a segmenter (${SEGMENTER_KIND}).`,
+    );
+  }
+  const c = manifest.config;
+  const bad = (what: string) => new RegionVqaError("model_invalid", `${dir}/manifest.json: config.${what}`);
+  if (!c || (c.family !== "sam2" && c.family !== "sam1")) throw bad('family must be "sam2" or "sam1"');
+  for (const key of ["imageSize", "maskSize"] as const) {
+    if (!Number.isInteger(c[key]) || c[key] <= 0) throw bad(`${key} must be a positive integer`);
+  }
+  if (c.resize !== "stretch" && c.resize !== "longest-side")
+    throw bad('resize must be "stretch" or "longest-side"');
+  for (const key of ["mean", "std"] as const) {
+    if (!Array.isArray(c[key]) || c[key].length !== 3 || !c[key].every((v) => Number.isFinite(v)))
+      throw bad(`${key} must be three numbers`);
+  }
+  for (const key of ["encoder", "decoder"] as const) {
+    if (typeof c[key] !== "string" || !c[key]) throw bad(`${key} must name the ${key} graph's file`);
+  }
+  return manifest;
+}
+
+function sha256(...parts: Uint8Array[]): string {
+  const h = createHash("sha256");
+  for (const p of parts) h.update(p);
+  return h.digest("hex");
+}
+
+/** Content key of a decoded image: its size and pixels. */
+export function imageKey(image: RgbImage): string {
+  return sha256(new Uint8Array(new Uint32Array([image.width, image.height]).buffer), image.data);
+}
+
+interface CachedImage {
+  embeddings: ImageEmbeddings;
+  frame: SamFrame;
+  bytes: number;
+}
+
+export class SamSegmenter {
+  private readonly cache: ByteLruCache<CachedImage>;
+  /** Encodes of the same image already in flight: a burst of clicks shares one encoder run. */
+  private readonly pending = new Map<string, Promise<CachedImage>>();
+  private readonly boxInput: boolean;
+  private readonly embeddingNames: string[];
+
+  private constructor(
+    readonly modelDir: string,
+    readonly manifest: ModelManifest<SegmenterConfig>,
+    private readonly encoder: OnnxSession,
+    private readonly decoder: OnnxSession,
+    cacheBytes: number,
+  ) {
+    this.cache = new ByteLruCache(cacheBytes, (v) => v.bytes);
+    this.boxInput = decoder.inputNames.includes("input_boxes");
+    this.embeddingNames = encoder.outputNames.filter((n) => decoder.inputNames.includes(n));
+  }
+
+  static async load(dir: string, options: SegmenterLoadOptions = {}): Promise<SamSegmenter> {
+    const manifest = await readSegmenterManifest(dir);
+    const open = (file: string, label: string) =>
+      OnnxSession.open(path.resolve(dir, file), {
+        label,
+        device: options.device,
+        threads: options.threads,
+        logger: options.logger,
+      });
+    const encoder = await open(manifest.config.encoder, "segmenter encoder");
+    let decoder: OnnxSession | undefined;
+    try {
+      // The decoder is small and runs per click; it goes where the encoder went.
+      decoder = await OnnxSession.open(path.resolve(dir, manifest.config.decoder), {
+        label: "segmenter decoder",
+        device: encoder.provider,
+        threads: options.threads,
+        logger: options.logger,
+      });
+      const needed = ["input_points", "input_labels"].filter((n) => !decoder!.inputNames.includes(n));
+      const fromEncoder = encoder.outputNames.filter((n) => decoder!.inputNames.includes(n));
+      if (needed.length > 0 || fromEncoder.length === 0 || !decoder.outputNames.includes("pred_masks")) {
+        throw new RegionVqaError(
+          "model_invalid",
+          `${dir}: the decoder's inputs (${decoder.inputNames.join(", ")}) and outputs (${decoder.outputNames.join(", ")}) are not a SAM prompt decoder's (input_points, input_labels, the encoder's outputs -> iou_scores, pred_masks).`,
+        );
+      }
+      return new SamSegmenter(
+        dir,
+        manifest,
+        encoder,
+        decoder,
+        options.cacheBytes ?? DEFAULT_SEGMENTER_CACHE_BYTES,
+      );
+    } catch (err) {
+      await decoder?.dispose().catch(() => undefined);
+      await encoder.dispose().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  get config(): SegmenterConfig {
+    return this.manifest.config;
+  }
+  get provider(): OrtProvider {
+    return this.encoder.provider;
+  }
+  get device(): string {
+    return this.encoder.adapter
+      ? `${this.encoder.provider} (${this.encoder.adapter})`
+      : this.encoder.provider;
+  }
+  /** Whether the decoder takes a box (SAM 2 exports do, SAM 1 exports do not). */
+  get acceptsBoxes(): boolean {
+    return this.boxInput;
+  }
+
+  private async encode(
+    image: RgbImage,
+    key: string,
+  ): Promise<{ cached: CachedImage; hit: boolean; ms: number }> {
+    const hit = this.cache.get(key);
+    if (hit) return { cached: hit, hit: true, ms: 0 };
+    const t0 = performance.now();
+    let job = this.pending.get(key);
+    if (!job) {
+      job = (async () => {
+        const { pixelValues, frame } = preprocessForSam(image, this.config);
+        const outputs = await this.encoder.run({
+          [this.encoder.inputNames[0]]: { data: pixelValues.data, dims: pixelValues.shape },
+        });
+        const embeddings: ImageEmbeddings = {};
+        let bytes = 0;
+        for (const name of this.embeddingNames) {
+          const t = outputs[name];
+          embeddings[name] = { data: t.data as Float32Array, shape: t.dims };
+          bytes += t.data.byteLength;
+        }
+        const entry = { embeddings, frame, bytes };
+        this.cache.set(key, entry);
+        return entry;
+      })().finally(() => this.pending.delete(key));
+      this.pending.set(key, job);
+    }
+    const cached = await job;
+    return { cached, hit: false, ms: performance.now() - t0 };
+  }
+
+  /**
+   * Encodes the image now (or finds it cached), so that later clicks only decode. `key` is the
+   * image's content key; by default a hash of its pixels.
+   */
+  async prepare(image: RgbImage, key: string = imageKey(image)): Promise<{ cached: boolean; ms: number }> {
+    const { hit, ms } = await this.encode(image, key);
+    return { cached: hit, ms };
+  }
+
+  /**
+   * Clicks and/or a box on an image -> its mask (the candidate with the highest predicted IoU) and
+   * every candidate. Throws `point_invalid`, `point_outside_image`, `too_many_points`, `box_invalid`
+   * for bad prompts and `segment_empty` when the chosen mask covers no pixel.
+   */
+  async segment(
+    image: RgbImage,
+    prompt: SegmentPrompt,
+    key: string = imageKey(image),
+  ): Promise<SegmentResult> {
+    checkPrompt(prompt, image.width, image.height);
+    const { cached, hit, ms: encodeMs } = await this.encode(image, key);
+    const tensors = encodePrompt(prompt, cached.frame, this.boxInput);
+    const feeds: Record<string, WireTensor> = {
+      input_points: tensors.input_points,
+      input_labels: tensors.input_labels,
+    };
+    if (tensors.input_boxes) feeds.input_boxes = tensors.input_boxes;
+    for (const [name, t] of Object.entries(cached.embeddings)) {
+      // Each run gets its own copy: the worker transfer must never detach the cached buffers.
+      feeds[name] = { data: t.data.slice(), dims: t.shape };
+    }
+    const t0 = performance.now();
+    const out = await this.decoder.run(feeds);
+    const decodeMs = performance.now() - t0;
+
+    const t1 = performance.now();
+    const logits = out.pred_masks.data as Float32Array;
+    const M = this.config.maskSize;
+    const count = out.pred_masks.dims[2] ?? 1;
+    if (out.pred_masks.dims.length !== 5 || out.pred_masks.dims[3] !== M || out.pred_masks.dims[4] !== M) {
+      throw new RegionVqaError(
+        "model_mismatch",
+        `The decoder returned pred_masks [${out.pred_masks.dims.join(", ")}]; the manifest says [1, 1, K, ${M}, ${M}].`,
+      );
+    }
+    const scores = out.iou_scores
+      ? Array.from(out.iou_scores.data as Float32Array)
+      : new Array<number>(count).fill(0);
+    const candidates: SegmentCandidate[] = [];
+    for (let k = 0; k < count; k++) {
+      const full = logitsToImage(logits.subarray(k * M * M, (k + 1) * M * M), cached.frame, this.config);
+      const { mask, area } = thresholdLogits(full, image.width, image.height);
+      candidates.push({ mask, area, score: scores[k] });
+    }
+    let index = 0;
+    for (let k = 1; k < count; k++) if (candidates[k].score > candidates[index].score) index = k;
+    const objectScore = out.object_score_logits
+      ? (out.object_score_logits.data as Float32Array)[0]
+      : undefined;
+    const postprocessMs = performance.now() - t1;
+    const best = candidates[index];
+    if (best.area === 0) {
+      throw new RegionVqaError(
+        "segment_empty",
+        "The segmenter found no object at the given points (the mask is empty); click inside an object.",
+        { score: best.score, objectScore },
+      );
+    }
+    return {
+      mask: best.mask,
+      score: best.score,
+      index,
+      candidates,
+      objectScore,
+      timings: { encodeMs, decodeMs, postprocessMs, embeddingsCached: hit },
+    };
+  }
+
+  cacheStats(): ByteLruStats {
+    return this.cache.stats();
+  }
+  clearCache(): void {
+    this.cache.clear();
+  }
+
+  async dispose(): Promise<void> {
+    await this.decoder.dispose();
+    await this.encoder.dispose();
+  }
+}

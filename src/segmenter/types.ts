@@ -1,0 +1,69 @@
+/** Plain data of the segmenter stage: prompts in, masks and scores out. */
+import type { Tensor } from "../common/tensor.js";
+import type { Box, Mask, PointPrompt } from "../vision/types.js";
+
+export type { PointPrompt };
+
+/** What a person gave: clicks (label 1 include, 0 exclude) and/or a box, all in image pixels. */
+export interface SegmentPrompt {
+  points: PointPrompt[];
+  box?: Box;
+}
+
+/**
+ * `manifest.config` of a segmenter folder (kind "sam-segmenter"). Sizes come from here, never from
+ * assumptions: the real SAM 2.1 export takes 1024 x 1024 images and returns 256 x 256 logits, the
+ * bundled shapes segmenter 256 and 128.
+ */
+export interface SegmenterConfig {
+  /** "sam2": SAM 2 / 2.1 exports (three image embeddings, boxes in the decoder). "sam1": SAM, SlimSAM. */
+  family: "sam2" | "sam1";
+  /** Side of the encoder's square input. */
+  imageSize: number;
+  /** "stretch": resize to imageSize x imageSize (SAM 2.1); "longest-side": scale the longest side to imageSize, pad bottom-right with zeros after normalising (SAM 1). */
+  resize: "stretch" | "longest-side";
+  /** Per-channel mean and std of pixel values scaled to 0..1. */
+  mean: [number, number, number];
+  std: [number, number, number];
+  /** Side of the decoder's `pred_masks` logits. */
+  maskSize: number;
+  /** File names of the two graphs inside the folder. */
+  encoder: string;
+  decoder: string;
+  [extra: string]: unknown;
+}
+
+/** How an image was mapped into the encoder's input frame (needed for prompts and for masks). */
+export interface SamFrame {
+  /** The original image. */
+  width: number;
+  height: number;
+  /** The image's size inside the input frame (= imageSize x imageSize when stretched). */
+  resizedWidth: number;
+  resizedHeight: number;
+  inputSize: number;
+}
+
+/** The encoder's outputs for one image, by output name (e.g. `image_embeddings.0`). */
+export type ImageEmbeddings = Record<string, Tensor>;
+
+export interface SegmentCandidate {
+  mask: Mask;
+  /** The decoder's predicted IoU for this mask. */
+  score: number;
+  /** Pixels inside. */
+  area: number;
+}
+
+export interface SegmentResult {
+  /** The candidate with the highest predicted IoU. */
+  mask: Mask;
+  score: number;
+  /** Which candidate `mask` is. */
+  index: number;
+  /** Every candidate mask, in the decoder's order. */
+  candidates: SegmentCandidate[];
+  /** SAM 2's `object_score_logits` (> 0: the prompt hits an object), when the model has it. */
+  objectScore?: number;
+  timings: { encodeMs: number; decodeMs: number; postprocessMs: number; embeddingsCached: boolean };
+}
