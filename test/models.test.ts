@@ -245,6 +245,7 @@ describe("region-vqa pull / models commands", () => {
     expect(pulled.stderr).not.toMatch(/region-vqa: /);
     expect(pulled.code).toBe(0);
     expect(pulled.stdout).toContain(`llava-v1.5-7b: ready in ${dir} (2 file(s) downloaded, 130 kB)`);
+    expect(pulled.stdout).toMatch(/^Licence: Llama 2 Community License$/m);
     // Plain progress lines (no carriage returns) on stderr.
     expect(pulled.stderr).not.toContain("\r");
     expect(pulled.stderr).toMatch(new RegExp(`${LLM_Q4}  100%  90.0 kB / 90.0 kB  done`));
@@ -261,7 +262,9 @@ describe("region-vqa pull / models commands", () => {
       ["llava-v1.5-7b", true],
     ]);
     const table = await cli(["models"], env);
-    expect(table.stdout).toMatch(/llava-v1\.5-7b\s+llm-gguf\s+Q4_K_M\s+130 kB\s+complete/);
+    expect(table.stdout).toMatch(
+      /llava-v1\.5-7b\s+llm-gguf\s+Q4_K_M\s+130 kB\s+complete\s+Llama 2 Community License/,
+    );
 
     const notServed = await cli(["pull", "llava-v1.5-7b", "--quant", "Q3_K_S", "--quiet"], env);
     expect(notServed.code).toBe(2);

@@ -23,6 +23,8 @@ import {
   MMPROJ,
   OPENXLAB_DIR,
   removeTempModelsDirs,
+  SAM21_DIR,
+  SAM21_FP32_FILES,
   tempModelsDir,
 } from "./support/pull-helpers.js";
 
@@ -42,6 +44,8 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
   let mmproj: Buffer;
   const llmQ4 = fakeBytes(200_000, 4);
   const llmQ8 = fakeBytes(150_000, 8);
+  // The preset's segmenter (pull does not parse the graphs; pull-segmenter.test.ts loads real ones).
+  const sam = Object.fromEntries(SAM21_FP32_FILES.map((f, i) => [f, fakeBytes(10_000 + i, 30 + i)]));
 
   beforeEach(async () => {
     // Hugging Face paths redirect to a second server (another origin) like huggingface.co's CDN.
@@ -52,10 +56,17 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
     host.setFile(`${HF_DIR}/${MMPROJ}`, mmproj);
     host.setFile(`${HF_DIR}/${LLM_Q4}`, llmQ4);
     host.setFile(`${HF_DIR}/${LLM_Q8}`, llmQ8);
+    for (const [name, body] of Object.entries(sam)) host.setFile(`${SAM21_DIR}/${name}`, body);
     host.requireToken("hf_test_token");
     // The tiny checkpoint has 4 heads (not stored in checkpoints); the real ViT-L has 16.
     catalog = catalogWith(
-      { [CKPT_20M]: ckpt, [MMPROJ]: mmproj, [LLM_Q4]: llmQ4, [LLM_Q8]: llmQ8 },
+      {
+        [CKPT_20M]: ckpt,
+        [MMPROJ]: mmproj,
+        [LLM_Q4]: llmQ4,
+        [LLM_Q8]: llmQ8,
+        ...Object.fromEntries(Object.entries(sam).map(([name, body]) => [`sam2.1-tiny/${name}`, body])),
+      },
       { heads: 4 },
     );
     dir = await tempModelsDir();
@@ -84,6 +95,7 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
     expect(preset.visionDir).toBe(path.join(dir, "alpha-clip-l14-336", "grit-20m"));
     expect(preset.projectorPath).toBe(path.join(dir, "llava-v1.5-7b", MMPROJ));
     expect(preset.llmPath).toBe(path.join(dir, "llava-v1.5-7b", LLM_Q4));
+    expect(preset.segmenterDir).toBe(path.join(dir, "sam2.1-tiny", "fp32"));
     expect((await readFile(preset.llmPath)).equals(llmQ4)).toBe(true);
     expect((await readFile(preset.projectorPath)).equals(mmproj)).toBe(true);
 
@@ -128,12 +140,15 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
     ]);
 
     // The token went to the Hugging Face host only: not to its CDN, not to OpenXLab.
-    const hfOrigin = host.requests.filter((r) => r.server === "origin" && r.path.startsWith(HF_DIR));
+    const hfOrigin = host.requests.filter(
+      (r) => r.server === "origin" && (r.path.startsWith(HF_DIR) || r.path.startsWith(SAM21_DIR)),
+    );
     const cdn = host.requests.filter((r) => r.server === "cdn");
     const openxlab = host.requests.filter((r) => r.path.startsWith(OPENXLAB_DIR));
-    expect(hfOrigin.map((r) => r.status)).toEqual([302, 302]);
+    // Two GGUF files and the segmenter's four.
+    expect(hfOrigin.map((r) => r.status)).toEqual([302, 302, 302, 302, 302, 302]);
     expect(hfOrigin.every((r) => r.authorization === "Bearer hf_test_token")).toBe(true);
-    expect(cdn).toHaveLength(2);
+    expect(cdn).toHaveLength(6);
     expect(cdn.every((r) => r.authorization === undefined)).toBe(true);
     expect(openxlab.map((r) => [r.status, r.authorization])).toEqual([[200, undefined]]);
 
@@ -143,6 +158,7 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
       "alpha-clip-l14-336/grit-20m": ["alpha-clip-vision", true],
       "alpha-llava-7b": ["preset", true],
       "llava-v1.5-7b": ["llm-gguf", true],
+      "sam2.1-tiny/fp32": ["sam-segmenter", true],
     });
 
     // By name (what `serve --model alpha-llava-7b` does), by preset folder, and by models folder.
@@ -155,6 +171,7 @@ describe("pull alpha-llava-7b from loopback hosts at the real URL paths", () => 
       source: "folder",
       visionDir: preset.visionDir,
       projectorPath: preset.projectorPath,
+      segmenterDir: preset.segmenterDir,
     });
 
     // Running it again downloads and converts nothing.

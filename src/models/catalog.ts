@@ -6,6 +6,7 @@
  * the publisher stays undefined: `pull` then trusts the host's own size/hash headers and records the
  * sha256 it computed, and a wrong value here would make every honest download fail.
  */
+import type { SegmenterConfig } from "../segmenter/types.js";
 
 /** Publishing hosts. Each has a base URL that environment variables can point at a mirror. */
 export type HostId = "huggingface" | "openxlab";
@@ -15,7 +16,18 @@ export const DEFAULT_BASE_URLS: Record<HostId, string> = {
   openxlab: "https://download.openxlab.org.cn",
 };
 
-export type FileRole = "vision-checkpoint" | "projector" | "llm";
+/**
+ * What a file is to the runtime. Segmenter folders hold two ONNX graphs (`segmenter-encoder`,
+ * `segmenter-decoder`) and, for graphs published with external weights, their `.onnx_data` files
+ * (`onnx-data`), which must keep their published names: the graph refers to them by name.
+ */
+export type FileRole =
+  | "vision-checkpoint"
+  | "projector"
+  | "llm"
+  | "segmenter-encoder"
+  | "segmenter-decoder"
+  | "onnx-data";
 
 export interface CatalogFile {
   /** File name as published; also the name it gets on disk. */
@@ -44,28 +56,51 @@ export interface VisionConversion {
   heads: number;
 }
 
+/**
+ * The `config` of a segmenter folder's manifest (see `SegmenterConfig` in src/segmenter/types.ts),
+ * except the graph file names, which come from the variant's `segmenter-encoder` / `segmenter-decoder`
+ * files.
+ */
+export type SegmenterSettings = Pick<SegmenterConfig, "family" | "imageSize" | "resize" | "mean" | "std" | "maskSize">;
+
 export interface CatalogModel {
   name: string;
   description: string;
-  /** `vision`: one folder per variant, converted. `gguf`: one folder, files used as published. */
-  layout: "vision" | "gguf";
+  /**
+   * `vision`: one folder per variant, converted. `gguf`: one folder, files used as published.
+   * `segmenter`: one folder per variant holding its ONNX graphs as published, plus a manifest of kind
+   * `sam-segmenter` written by pull.
+   */
+  layout: "vision" | "gguf" | "segmenter";
   /** Which CLI flag picks a variant (`--variant` or `--quant`). */
   variantFlag: "variant" | "quant";
   defaultVariant: string;
   variants: Record<string, CatalogVariant>;
-  /** Files needed by every variant (the LLaVA projector). */
+  /** Files needed by every variant (the LLaVA projector; SAM 2.1-tiny's prompt decoder). */
   commonFiles?: CatalogFile[];
   convert?: VisionConversion;
+  /** For the `segmenter` layout: what the manifest's config says besides the graph file names. */
+  segmenterConfig?: SegmenterSettings;
   /** Where a human can read about the files. */
   homepage?: string;
+  /**
+   * The licence the weights are published under (an SPDX id where there is one), shown by `pull` and
+   * `models`. Undefined when it was not established.
+   */
+  licence?: string;
 }
 
-/** A named pair of a vision model and a LLaVA LLM (with its projector) that `serve`/`ask` accept. */
+/**
+ * A named pair of a vision model and a LLaVA LLM (with its projector), optionally with a segmenter for
+ * clicks, that `serve`/`ask` accept.
+ */
 export interface CatalogPreset {
   name: string;
   description: string;
   vision: { model: string; variant?: string };
   llm: { model: string; variant?: string };
+  /** A segmenter (layout `segmenter`) that turns clicks into masks; pulled with the preset. */
+  segmenter?: { model: string; variant?: string };
 }
 
 export interface Catalog {
@@ -101,6 +136,48 @@ const LLAVA_QUANTS: Array<[quant: string, approxGB: number]> = [
   ["Q8_0", 7.16],
 ];
 
+/**
+ * SAM 2.1 Hiera-tiny as exported to ONNX by onnx-community: each graph is a small `.onnx` whose weights
+ * sit in an `.onnx_data` file beside it, referred to by that exact name. The revision is pinned (a
+ * Hugging Face `resolve/` URL needs the full 40-hex commit, not a prefix); the byte counts below are
+ * those of this revision. The repository carries no licence tag of its own: the weights are Meta's
+ * SAM 2.1, released under Apache-2.0.
+ */
+const SAM21_TINY_REVISION = "814a066640debee5a91e70aa401fb8e17e030503";
+const SAM21_TINY_PATH = `onnx-community/sam2.1-hiera-tiny-ONNX/resolve/${SAM21_TINY_REVISION}/onnx`;
+
+/**
+ * SlimSAM-77 (uniform pruning), a SAM 1-style model a few times smaller than SAM 2.1-tiny, as exported to
+ * ONNX by Xenova: self-contained graphs (no external data), and a prompt decoder without a box input.
+ * No full revision id is recorded here, so the files come from `main` and their sizes are only
+ * approximate (pull takes the exact ones from the host). Xenova's repository has no licence tag; the
+ * upstream weights (Zigeng/SlimSAM-uniform-77) are tagged Apache-2.0.
+ */
+const SLIMSAM_PATH = "Xenova/slimsam-77-uniform/resolve/main/onnx";
+
+/** SAM's ImageNet normalisation, shared by both families. */
+const SAM_MEAN: [number, number, number] = [0.485, 0.456, 0.406];
+const SAM_STD: [number, number, number] = [0.229, 0.224, 0.225];
+
+function hfOnnxFile(
+  repoPath: string,
+  file: string,
+  role: FileRole,
+  size: { bytes: number } | { approxBytes: number },
+): CatalogFile {
+  return { file, host: "huggingface", path: `${repoPath}/${file}`, role, ...size };
+}
+
+/** SlimSAM's two graphs for one file-name suffix (`""`, `"_quantized"`, `"_fp16"`). */
+function slimSamFiles(suffix: string, approxEncoder: number, approxDecoder: number): CatalogFile[] {
+  return [
+    hfOnnxFile(SLIMSAM_PATH, `vision_encoder${suffix}.onnx`, "segmenter-encoder", { approxBytes: approxEncoder }),
+    hfOnnxFile(SLIMSAM_PATH, `prompt_encoder_mask_decoder${suffix}.onnx`, "segmenter-decoder", {
+      approxBytes: approxDecoder,
+    }),
+  ];
+}
+
 export const DEFAULT_CATALOG: Catalog = {
   models: [
     {
@@ -110,6 +187,8 @@ export const DEFAULT_CATALOG: Catalog = {
       variantFlag: "variant",
       defaultVariant: "grit-20m",
       homepage: "https://github.com/SunzeY/AlphaCLIP/blob/main/model-zoo.md",
+      // The LICENSE of the SunzeY/AlphaCLIP repository, which publishes these checkpoints.
+      licence: "Apache-2.0",
       variants: {
         "grit-20m": {
           description: "trained on GRIT-20M, 4 epochs",
@@ -129,6 +208,9 @@ export const DEFAULT_CATALOG: Catalog = {
       variantFlag: "quant",
       defaultVariant: "Q4_K_M",
       homepage: "https://huggingface.co/second-state/Llava-v1.5-7B-GGUF",
+      // LLaVA-1.5-7B is fine-tuned from Vicuna-7B v1.5, itself a Llama 2 model: its model card
+      // (liuhaotian/llava-v1.5-7b) puts the weights under Meta's Llama 2 Community License.
+      licence: "Llama 2 Community License",
       commonFiles: [
         {
           file: "llava-v1.5-7b-mmproj-model-f16.gguf",
@@ -155,13 +237,77 @@ export const DEFAULT_CATALOG: Catalog = {
         ]),
       ),
     },
+    {
+      name: "sam2.1-tiny",
+      description: "SAM 2.1 Hiera-tiny segmenter (clicks and boxes to masks), ONNX by onnx-community",
+      layout: "segmenter",
+      variantFlag: "variant",
+      defaultVariant: "fp32",
+      homepage: "https://huggingface.co/onnx-community/sam2.1-hiera-tiny-ONNX",
+      licence: "Apache-2.0",
+      segmenterConfig: {
+        family: "sam2",
+        imageSize: 1024,
+        // SAM 2's processor resizes to a 1024 x 1024 square without keeping the aspect ratio.
+        resize: "stretch",
+        mean: SAM_MEAN,
+        std: SAM_STD,
+        maskSize: 256,
+      },
+      // Both variants use the fp32 prompt decoder (small, and run once per click).
+      commonFiles: [
+        hfOnnxFile(SAM21_TINY_PATH, "prompt_encoder_mask_decoder.onnx", "segmenter-decoder", { bytes: 213_114 }),
+        hfOnnxFile(SAM21_TINY_PATH, "prompt_encoder_mask_decoder.onnx_data", "onnx-data", { bytes: 20_958_208 }),
+      ],
+      variants: {
+        fp32: {
+          description: "fp32 image encoder (about 134 MB of weights)",
+          files: [
+            hfOnnxFile(SAM21_TINY_PATH, "vision_encoder.onnx", "segmenter-encoder", { bytes: 354_238 }),
+            hfOnnxFile(SAM21_TINY_PATH, "vision_encoder.onnx_data", "onnx-data", { bytes: 134_084_864 }),
+          ],
+        },
+        fp16: {
+          description: "fp16 image encoder (half the download; float32 inputs and outputs)",
+          files: [
+            hfOnnxFile(SAM21_TINY_PATH, "vision_encoder_fp16.onnx", "segmenter-encoder", { bytes: 314_925 }),
+            hfOnnxFile(SAM21_TINY_PATH, "vision_encoder_fp16.onnx_data", "onnx-data", { bytes: 67_005_504 }),
+          ],
+        },
+      },
+    },
+    {
+      name: "slimsam-77",
+      description: "SlimSAM-77 segmenter (a pruned SAM 1; clicks to masks, no boxes), ONNX by Xenova",
+      layout: "segmenter",
+      variantFlag: "variant",
+      defaultVariant: "fp32",
+      homepage: "https://huggingface.co/Xenova/slimsam-77-uniform",
+      licence: "Apache-2.0",
+      segmenterConfig: {
+        family: "sam1",
+        imageSize: 1024,
+        // SAM 1's processor scales the longest side to 1024 and pads the rest.
+        resize: "longest-side",
+        mean: SAM_MEAN,
+        std: SAM_STD,
+        maskSize: 256,
+      },
+      variants: {
+        fp32: { description: "fp32 graphs", files: slimSamFiles("", 23.3e6, 16.6e6) },
+        quantized: { description: "8-bit quantized graphs (the smallest)", files: slimSamFiles("_quantized", 8.88e6, 4.9e6) },
+        fp16: { description: "fp16 graphs", files: slimSamFiles("_fp16", 12.2e6, 8.55e6) },
+      },
+    },
   ],
   presets: [
     {
       name: "alpha-llava-7b",
-      description: "Alpha-CLIP ViT-L/14@336 + LLaVA-1.5-7B (projector and Q4_K_M LLM by default)",
+      description:
+        "Alpha-CLIP ViT-L/14@336 + LLaVA-1.5-7B (projector and Q4_K_M LLM by default), SAM 2.1-tiny for clicks",
       vision: { model: "alpha-clip-l14-336" },
       llm: { model: "llava-v1.5-7b" },
+      segmenter: { model: "sam2.1-tiny" },
     },
   ],
 };

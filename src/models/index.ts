@@ -17,6 +17,7 @@ export {
   type CatalogVariant,
   type FileRole,
   type HostId,
+  type SegmenterSettings,
 } from "./catalog.js";
 export {
   corruptPathFor,
@@ -41,8 +42,20 @@ export {
 } from "./installed.js";
 export { defaultModelsDir, modelRoots, repoModelsDir } from "./paths.js";
 export { createProgressPrinter, formatDuration, formatProgressLine, type ProgressPrinter } from "./progress.js";
-export { pullModel, type PullOptions, type PullResult, type PulledFile, type VisionConverter } from "./pull.js";
-export { resolveModelPreset, type ResolveOptions, type ResolvedModelPreset } from "./resolve.js";
+export {
+  pullModel,
+  type PullOptions,
+  type PullResult,
+  type PulledFile,
+  type PulledModel,
+  type VisionConverter,
+} from "./pull.js";
+export {
+  installedSegmenterIn,
+  resolveModelPreset,
+  type ResolveOptions,
+  type ResolvedModelPreset,
+} from "./resolve.js";
 export {
   DEFAULT_MODEL_DIR,
   resolveModelOptions,

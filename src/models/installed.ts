@@ -3,6 +3,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
 import type { ModelKind, ModelManifest } from "../common/manifest.js";
+import { DEFAULT_CATALOG, findCatalogModel } from "./catalog.js";
 import { hashFile } from "./download.js";
 import { CONVERTING_SUFFIX, DOWNLOADS_FOLDER, modelRoots, PRESET_FILE } from "./paths.js";
 
@@ -19,6 +20,8 @@ export interface InstalledEntry {
   problems: string[];
   /** The catalogue variant or quantisations, when the folder records them. */
   detail?: string;
+  /** The licence of the weights: from the manifest, else from the catalogue entry it was pulled from. */
+  licence?: string;
 }
 
 export interface FolderCheck {
@@ -28,7 +31,10 @@ export interface FolderCheck {
   manifest?: ModelManifest;
 }
 
-/** Recorded by `pull` in preset folders: relative paths (from the preset folder) to the three parts. */
+/**
+ * Recorded by `pull` in preset folders: relative paths (from the preset folder) to the three parts, and
+ * to the segmenter folder when the preset has one.
+ */
 export interface PresetFile {
   kind: "preset";
   formatVersion: 1;
@@ -36,6 +42,7 @@ export interface PresetFile {
   vision: string;
   projector: string;
   llm: string;
+  segmenter?: string;
   createdAt: string;
   [extra: string]: unknown;
 }
@@ -44,6 +51,8 @@ export interface PresetPaths {
   visionDir: string;
   projectorPath: string;
   llmPath: string;
+  /** Segmenter folder (manifest kind `sam-segmenter`), when the preset has one installed. */
+  segmenterDir?: string;
 }
 
 export async function readManifest(dir: string): Promise<ModelManifest | undefined> {
@@ -119,6 +128,7 @@ export function presetPaths(dir: string, preset: PresetFile): PresetPaths {
     visionDir: path.resolve(dir, preset.vision),
     projectorPath: path.resolve(dir, preset.projector),
     llmPath: path.resolve(dir, preset.llm),
+    ...(typeof preset.segmenter === "string" ? { segmenterDir: path.resolve(dir, preset.segmenter) } : {}),
   };
 }
 
@@ -137,18 +147,23 @@ async function checkListedFile(file: string): Promise<FolderCheck> {
   return check;
 }
 
-/** The three parts a preset folder names, each checked. */
+/** The parts a preset folder names (three, or four with a segmenter), each checked. */
 export async function checkPreset(paths: PresetPaths): Promise<FolderCheck> {
-  const parts = [
+  const segmenter = paths.segmenterDir ? await checkModelFolder(paths.segmenterDir) : undefined;
+  const parts: Array<readonly [string, FolderCheck]> = [
     ["vision", await checkModelFolder(paths.visionDir)],
     ["projector", await checkListedFile(paths.projectorPath)],
     ["llm", await checkListedFile(paths.llmPath)],
-  ] as const;
+    ...(segmenter ? [["segmenter", segmenter] as const] : []),
+  ];
   const problems = parts.flatMap(([name, c]) => c.problems.map((p) => `${name}: ${p}`));
+  if (segmenter?.manifest && segmenter.manifest.kind !== "sam-segmenter") {
+    problems.push(`segmenter: ${paths.segmenterDir} holds a "${segmenter.manifest.kind}" model, not a sam-segmenter`);
+  }
   const sizes = await Promise.all(
     [paths.projectorPath, paths.llmPath].map((f) => stat(f).then((s) => s.size).catch(() => 0)),
   );
-  const bytes = parts[0][1].bytes + sizes[0] + sizes[1];
+  const bytes = parts[0][1].bytes + sizes[0] + sizes[1] + (segmenter?.bytes ?? 0);
   return { complete: problems.length === 0, problems: [...new Set(problems)], bytes };
 }
 
@@ -227,6 +242,7 @@ async function walk(root: string, dir: string, depth: number, options: ListOptio
       complete: check.complete,
       problems: check.problems,
       detail: describeManifest(m),
+      licence: licenceOf(m),
     });
     return;
   }
@@ -242,7 +258,12 @@ async function walk(root: string, dir: string, depth: number, options: ListOptio
         bytes: check.bytes,
         complete: check.complete,
         problems: check.problems,
-        detail: [preset.vision, preset.llm].map((p) => path.basename(p)).join(" + "),
+        detail: [
+          path.basename(preset.vision),
+          path.basename(preset.llm),
+          // A segmenter folder is <model>/<variant>: its last part alone would only say "fp32".
+          ...(typeof preset.segmenter === "string" ? [preset.segmenter.split(/[\\/]/).slice(-2).join("/")] : []),
+        ].join(" + "),
       });
       return;
     }
@@ -268,6 +289,14 @@ function describeManifest(m: ModelManifest | undefined): string | undefined {
   const origin = m.origin as { variant?: string; variants?: string[] } | undefined;
   if (origin?.variants?.length) return origin.variants.join(", ");
   return [origin?.variant, m.precision].filter(Boolean).join(", ") || undefined;
+}
+
+/** A manifest's own `licence`, else that of the catalogue model it records as its origin. */
+function licenceOf(m: ModelManifest | undefined): string | undefined {
+  if (!m) return undefined;
+  if (typeof m.licence === "string") return m.licence;
+  const origin = m.origin as { catalog?: unknown } | undefined;
+  return typeof origin?.catalog === "string" ? findCatalogModel(DEFAULT_CATALOG, origin.catalog)?.licence : undefined;
 }
 
 async function folderBytes(dir: string): Promise<number> {

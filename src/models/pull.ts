@@ -2,6 +2,7 @@ import { mkdir, rename, rm, stat, statfs, unlink, writeFile } from "node:fs/prom
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
 import type { ManifestFile, ModelManifest } from "../common/manifest.js";
+import type { SegmenterConfig } from "../segmenter/types.js";
 import {
   DEFAULT_CATALOG,
   findCatalogModel,
@@ -15,7 +16,14 @@ import {
 } from "./catalog.js";
 import { downloadFile, formatBytes, hashFile, partialPathFor, type DownloadProgress } from "./download.js";
 import { fileUrl, hostConfigFromEnv, type HostConfig } from "./hosts.js";
-import { checkModelFolder, checkPreset, presetPaths, readManifest, type PresetFile } from "./installed.js";
+import {
+  checkModelFolder,
+  checkPreset,
+  presetPaths,
+  readManifest,
+  readPresetFile,
+  type PresetFile,
+} from "./installed.js";
 import { CONVERTING_SUFFIX, defaultModelsDir, DOWNLOADS_FOLDER, PRESET_FILE } from "./paths.js";
 import { pickVariant, requireModel, type ResolvedModelPreset } from "./resolve.js";
 
@@ -33,8 +41,15 @@ export interface PullOptions {
   modelsDir?: string;
   /** LLM quantisation (`Q4_K_M`, `Q5_K_M`, ...). */
   quant?: string;
-  /** Vision checkpoint variant (`grit-20m`, `grit-1m`, or a checkpoint file name). */
+  /**
+   * Variant of the model pulled (`grit-1m`, or for a segmenter `fp16`, `quantized`, ...); for a preset,
+   * the vision checkpoint's.
+   */
   variant?: string;
+  /** For a preset: the segmenter's variant (default: the preset's, else the segmenter's default). */
+  segmenterVariant?: string;
+  /** For a preset: pull its segmenter too (default true). */
+  segmenter?: boolean;
   catalog?: Catalog;
   /** Source of REGION_VQA_* / HF_* variables (default process.env). */
   env?: NodeJS.ProcessEnv;
@@ -77,8 +92,17 @@ export interface PullResult {
   files: PulledFile[];
   /** Whether a vision checkpoint was converted in this call. */
   converted: boolean;
-  /** For a preset: the three paths `serve --model NAME` will load. */
+  /** Each catalogue model pulled, in order, with its variant, folder and licence (when known). */
+  models: PulledModel[];
+  /** For a preset: the paths `serve --model NAME` will load (with `segmenterDir` when it has one). */
   preset?: ResolvedModelPreset;
+}
+
+export interface PulledModel {
+  name: string;
+  variant: string;
+  folder: string;
+  licence?: string;
 }
 
 interface PullContext {
@@ -103,7 +127,7 @@ export async function pullModel(name: string, options: PullOptions = {}): Promis
     catalog,
     root,
     hosts: hostConfigFromEnv(env, { baseUrls: options.baseUrls, hfToken: options.hfToken }),
-    result: { name, kind: "model", modelsDir: root, folders: [], files: [], converted: false },
+    result: { name, kind: "model", modelsDir: root, folders: [], files: [], converted: false, models: [] },
   };
   await mkdir(root, { recursive: true });
 
@@ -114,18 +138,34 @@ export async function pullModel(name: string, options: PullOptions = {}): Promis
     const llmModel = requireModel(catalog, preset.llm.model);
     const visionVariant = pickVariant(visionModel, options.variant ?? preset.vision.variant);
     const llmVariant = pickVariant(llmModel, options.quant ?? preset.llm.variant);
+    const segmenter =
+      preset.segmenter && options.segmenter !== false
+        ? requireModel(catalog, preset.segmenter.model)
+        : undefined;
+    const segmenterVariant = segmenter
+      ? pickVariant(segmenter, options.segmenterVariant ?? preset.segmenter?.variant)
+      : undefined;
     await checkSpaceFor(ctx, [
       [visionModel, visionVariant],
       [llmModel, llmVariant],
+      ...(segmenter && segmenterVariant ? [[segmenter, segmenterVariant] as [CatalogModel, string]] : []),
     ]);
     const visionDir = await pullOne(ctx, visionModel, visionVariant);
     const llmDir = await pullOne(ctx, llmModel, llmVariant);
+    const segmenterDir =
+      segmenter && segmenterVariant ? await pullOne(ctx, segmenter, segmenterVariant) : undefined;
     const paths = {
       visionDir,
       projectorPath: path.join(llmDir, roleFile(llmModel, llmVariant, "projector").file),
       llmPath: path.join(llmDir, roleFile(llmModel, llmVariant, "llm").file),
     };
     const presetDir = path.join(root, preset.name);
+    // A segmenter pulled before (with another variant, or before --no-segmenter) stays recorded.
+    const previous = await readPresetFile(presetDir);
+    const keptSegmenter =
+      !segmenterDir && typeof previous?.segmenter === "string"
+        ? { segmenter: previous.segmenter, segmenterVariant: previous.segmenterVariant }
+        : {};
     const record: PresetFile = {
       kind: "preset",
       formatVersion: 1,
@@ -133,6 +173,7 @@ export async function pullModel(name: string, options: PullOptions = {}): Promis
       vision: path.relative(presetDir, paths.visionDir),
       projector: path.relative(presetDir, paths.projectorPath),
       llm: path.relative(presetDir, paths.llmPath),
+      ...(segmenterDir ? { segmenter: path.relative(presetDir, segmenterDir), segmenterVariant } : keptSegmenter),
       createdAt: new Date().toISOString(),
       variant: visionVariant,
       quant: llmVariant,
@@ -171,7 +212,7 @@ async function checkSpaceFor(ctx: PullContext, parts: Array<[CatalogModel, strin
       if (existing.complete) continue;
     }
     for (const file of variantFiles(model, variant)) {
-      const dest = fileDest(ctx.root, model, file);
+      const dest = fileDest(ctx.root, model, variant, file);
       if (await stat(dest).catch(() => undefined)) continue;
       const partial = (await stat(partialPathFor(dest)).catch(() => undefined))?.size ?? 0;
       needed += Math.max(0, (knownSize(file) ?? 0) - partial);
@@ -190,10 +231,11 @@ async function checkSpaceFor(ctx: PullContext, parts: Array<[CatalogModel, strin
   }
 }
 
-function fileDest(root: string, model: CatalogModel, file: CatalogFile): string {
-  return model.layout === "vision"
-    ? path.join(root, DOWNLOADS_FOLDER, file.file)
-    : path.join(root, model.name, file.file);
+/** Where a file goes: vision checkpoints wait in `.downloads/`, segmenter graphs go to their variant's folder. */
+function fileDest(root: string, model: CatalogModel, variant: string, file: CatalogFile): string {
+  if (model.layout === "vision") return path.join(root, DOWNLOADS_FOLDER, file.file);
+  if (model.layout === "segmenter") return path.join(root, model.name, variant, file.file);
+  return path.join(root, model.name, file.file);
 }
 
 function roleFile(model: CatalogModel, variant: string, role: CatalogFile["role"]): CatalogFile {
@@ -203,8 +245,14 @@ function roleFile(model: CatalogModel, variant: string, role: CatalogFile["role"
 }
 
 async function pullOne(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
-  const dir = model.layout === "vision" ? await pullVision(ctx, model, variant) : await pullGguf(ctx, model, variant);
+  const dir =
+    model.layout === "vision"
+      ? await pullVision(ctx, model, variant)
+      : model.layout === "segmenter"
+        ? await pullSegmenter(ctx, model, variant)
+        : await pullGguf(ctx, model, variant);
   ctx.result.folders.push(dir);
+  ctx.result.models.push({ name: model.name, variant, folder: dir, licence: model.licence });
   return dir;
 }
 
@@ -268,7 +316,7 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
     return finalDir;
   }
 
-  const source = await download(ctx, checkpoint, fileDest(root, model, checkpoint));
+  const source = await download(ctx, checkpoint, fileDest(root, model, variant, checkpoint));
   const sha256 = source.sha256 ?? (await hashFile(source.path, source.bytes));
   const workDir = `${finalDir}${CONVERTING_SUFFIX}`;
   await rm(workDir, { recursive: true, force: true });
@@ -285,6 +333,7 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
     precision,
     logger: { info: log, warn: (m) => log(`warning: ${m}`) },
   });
+  if (model.licence) manifest.licence = model.licence;
   manifest.origin = {
     catalog: model.name,
     variant,
@@ -311,7 +360,9 @@ async function pullVision(ctx: PullContext, model: CatalogModel, variant: string
 async function pullGguf(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
   const dir = path.join(ctx.root, model.name);
   const pulled: PulledFile[] = [];
-  for (const file of variantFiles(model, variant)) pulled.push(await download(ctx, file, fileDest(ctx.root, model, file)));
+  for (const file of variantFiles(model, variant)) {
+    pulled.push(await download(ctx, file, fileDest(ctx.root, model, variant, file)));
+  }
 
   const previous = await readManifest(dir).catch(() => undefined);
   const files = new Map<string, ManifestFile>();
@@ -341,11 +392,60 @@ async function pullGguf(ctx: PullContext, model: CatalogModel, variant: string):
     files: [...files.values()].sort(
       (a, b) => Number(a.role !== "projector") - Number(b.role !== "projector") || a.path.localeCompare(b.path),
     ),
+    ...(model.licence ? { licence: model.licence } : {}),
     origin: { catalog: model.name, variants, homepage: model.homepage },
   };
   await writeJsonAtomically(path.join(dir, "manifest.json"), manifest);
   return dir;
 }
+
+/**
+ * A segmenter: its ONNX graphs, with any `.onnx_data` files, used exactly as published, all in one
+ * folder per variant (the graphs find their external data beside them by its published name). The
+ * manifest (kind `sam-segmenter`, what `SamSegmenter.load` reads) is written once every file is there,
+ * so a folder without one is a download that did not finish.
+ */
+async function pullSegmenter(ctx: PullContext, model: CatalogModel, variant: string): Promise<string> {
+  const settings = model.segmenterConfig;
+  if (!settings) throw new RegionVqaError("model_invalid", `catalogue entry ${model.name} lacks a segmenterConfig`);
+  const dir = path.join(ctx.root, model.name, variant);
+  const files = variantFiles(model, variant);
+  const encoder = roleFile(model, variant, "segmenter-encoder");
+  const decoder = roleFile(model, variant, "segmenter-decoder");
+
+  const previous = await readManifest(dir).catch(() => undefined);
+  const known = new Map<string, ManifestFile>(
+    previous?.kind === SEGMENTER_KIND ? (previous.files ?? []).map((f) => [f.path, f]) : [],
+  );
+  const listed: ManifestFile[] = [];
+  for (const file of files) {
+    const p = await download(ctx, file, fileDest(ctx.root, model, variant, file));
+    const before = known.get(p.file);
+    const sha256 =
+      p.sha256 ?? (before?.bytes === p.bytes ? before.sha256 : undefined) ?? (await hashFile(p.path, p.bytes));
+    listed.push({ path: file.file, bytes: p.bytes, sha256, role: file.role });
+  }
+  const manifest: ModelManifest<SegmenterConfig> = {
+    kind: SEGMENTER_KIND,
+    formatVersion: 1,
+    name: model.name,
+    createdAt: previous?.createdAt ?? new Date().toISOString(),
+    config: { ...settings, encoder: encoder.file, decoder: decoder.file },
+    files: listed,
+    description: model.description,
+    ...(model.licence ? { licence: model.licence } : {}),
+    origin: { catalog: model.name, variant, homepage: model.homepage },
+  };
+  await writeJsonAtomically(path.join(dir, "manifest.json"), manifest);
+  const check = await checkModelFolder(dir);
+  if (!check.complete) {
+    throw new RegionVqaError("model_invalid", `${dir} is incomplete after pull: ${check.problems.join("; ")}`);
+  }
+  return dir;
+}
+
+/** The manifest kind of segmenter folders (`SEGMENTER_KIND` in src/segmenter, not imported: it loads ONNX Runtime). */
+const SEGMENTER_KIND = "sam-segmenter";
 
 async function writeJsonAtomically(file: string, value: unknown): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;

@@ -42,8 +42,12 @@ export interface ResolveOptions {
 /**
  * A model preset name (`alpha-llava-7b`) or a folder -> the three parts the pipeline loads:
  * the Alpha-CLIP ONNX folder, the LLaVA projector (an mmproj GGUF file, or a folder whose manifest
- * kind is `llava-projector`) and the LLM GGUF file. Everything returned exists and matches its
- * manifest; otherwise a `model_not_found` / `model_invalid` error says what to pull.
+ * kind is `llava-projector`) and the LLM GGUF file; plus, in `segmenterDir`, the segmenter folder
+ * (manifest kind `sam-segmenter`) when one is installed for it. Everything returned exists and matches
+ * its manifest; otherwise a `model_not_found` / `model_invalid` error says what to pull.
+ *
+ * The segmenter is optional: a preset pulled before it named one, or pulled with `--no-segmenter`,
+ * resolves without it. A segmenter that `preset.json` records must be complete, though.
  *
  * A folder is read as: a preset folder (`preset.json`), or a folder holding the parts' model folders
  * (each with a manifest.json, up to two levels down), e.g. a models folder with one model of each kind.
@@ -96,7 +100,11 @@ async function resolveInRoot(
   if (recorded && !options.quant && !options.variant) {
     const paths = presetPaths(presetDir, recorded);
     const check = await checkPreset(paths);
-    if (check.complete) return { name: preset.name, source: "preset-file", ...paths };
+    if (check.complete) {
+      // A preset.json from before the preset named a segmenter: use one pulled on its own since.
+      const segmenterDir = paths.segmenterDir ?? (await installedSegmenterIn(root, preset, catalog));
+      return { name: preset.name, source: "preset-file", ...paths, ...(segmenterDir ? { segmenterDir } : {}) };
+    }
     problems.push(...check.problems.map((p) => `${presetDir}: ${p}`));
     return undefined;
   }
@@ -135,11 +143,33 @@ export async function catalogPartsIn(
   if (!projector || !llmFile) {
     throw new RegionVqaError("model_invalid", `catalogue entry ${llmModel.name} lacks a projector or LLM file`);
   }
+  const segmenterDir = await installedSegmenterIn(root, preset, catalog);
   return {
     visionDir,
     projectorPath: path.join(llmDir, projector.file),
     llmPath: path.join(llmDir, llmFile.file),
+    ...(segmenterDir ? { segmenterDir } : {}),
   };
+}
+
+/**
+ * The preset's segmenter under one root: the folder of its variant (the preset's, else the default) when
+ * complete, else any other complete variant's; undefined when none is installed.
+ */
+export async function installedSegmenterIn(
+  root: string,
+  preset: CatalogPreset,
+  catalog: Catalog,
+): Promise<string | undefined> {
+  if (!preset.segmenter) return undefined;
+  const model = requireModel(catalog, preset.segmenter.model);
+  const first = pickVariant(model, preset.segmenter.variant);
+  for (const variant of [first, ...Object.keys(model.variants).filter((v) => v !== first)]) {
+    const dir = path.join(root, model.name, variant);
+    const check = await checkModelFolder(dir);
+    if (check.complete && check.manifest?.kind === "sam-segmenter") return dir;
+  }
+  return undefined;
 }
 
 export function requireModel(catalog: Catalog, name: string): CatalogModel {
@@ -175,12 +205,14 @@ async function resolveFolder(dir: string, options: ResolveOptions): Promise<Reso
   let visionDir: string | undefined;
   let projectorPath: string | undefined;
   let llmPath: string | undefined;
+  let segmenterDir: string | undefined;
   const wantedQuant = options.quant?.toLowerCase();
   for (const folder of await foldersWithManifest(dir, 2)) {
     const check = await checkModelFolder(folder);
     const m = check.manifest;
     if (!m || !check.complete) continue;
     if (m.kind === "alpha-clip-vision") visionDir ??= folder;
+    else if (m.kind === "sam-segmenter") segmenterDir ??= folder;
     else if (m.kind === "llava-projector") projectorPath ??= folder;
     else if (m.kind === "llm-gguf") {
       const projector = m.files.find((f) => f.role === "projector");
@@ -198,7 +230,14 @@ async function resolveFolder(dir: string, options: ResolveOptions): Promise<Reso
   if (missing.length) {
     throw new RegionVqaError("model_not_found", `${dir} lacks ${missing.join(", ")} with a complete manifest.json`);
   }
-  return { name: dir, source: "folder", visionDir: visionDir!, projectorPath: projectorPath!, llmPath: llmPath! };
+  return {
+    name: dir,
+    source: "folder",
+    visionDir: visionDir!,
+    projectorPath: projectorPath!,
+    llmPath: llmPath!,
+    ...(segmenterDir ? { segmenterDir } : {}),
+  };
 }
 
 async function foldersWithManifest(dir: string, depth: number): Promise<string[]> {

@@ -25,6 +25,11 @@ export interface ModelConfig {
   projector?: string;
   /** LLM GGUF file. */
   llm?: string;
+  /**
+   * Segmenter folder (manifest kind `sam-segmenter`) that turns clicks into masks. Overrides the
+   * preset's; unset = the preset's segmenter when one is installed, else none.
+   */
+  segmenter?: string;
   /** ONNX Runtime device for the vision encoder and projector. */
   device?: OrtDevice;
   /** llama.cpp backend (false = the CPU). */
@@ -66,15 +71,18 @@ export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipe
       vision: model.vision,
       projector: model.projector,
       llm: model.llm,
+      ...(model.segmenter ? { segmenter: model.segmenter } : {}),
       modelId: path.basename(model.llm),
     };
   }
   const resolved = await resolveModelPreset(model.preset ?? DEFAULT_MODEL_DIR);
+  const segmenter = model.segmenter ?? resolved.segmenterDir;
   return {
     ...engine,
     vision: resolved.visionDir,
     projector: model.projector ?? resolved.projectorPath,
     llm: resolved.llmPath,
+    ...(segmenter ? { segmenter } : {}),
     // A folder is named by its last path part, never by its full path (it shows in /v1/models).
     modelId: model.preset ? path.basename(path.resolve(model.preset)) : "shapes",
   };

@@ -13,10 +13,22 @@ export const MMPROJ = "llava-v1.5-7b-mmproj-model-f16.gguf";
 export const LLM_Q4 = "llava-v1.5-7b-Q4_K_M.gguf";
 export const LLM_Q8 = "llava-v1.5-7b-Q8_0.gguf";
 export const CKPT_20M = "clip_l14_336_grit_20m_4xe.pth";
+/** Where sam2.1-tiny's graphs are published (the preset's segmenter), at the pinned revision. */
+export const SAM21_DIR =
+  "/onnx-community/sam2.1-hiera-tiny-ONNX/resolve/814a066640debee5a91e70aa401fb8e17e030503/onnx";
+/** The files of sam2.1-tiny's default (fp32) variant. */
+export const SAM21_FP32_FILES = [
+  "prompt_encoder_mask_decoder.onnx",
+  "prompt_encoder_mask_decoder.onnx_data",
+  "vision_encoder.onnx",
+  "vision_encoder.onnx_data",
+];
 
 /**
  * DEFAULT_CATALOG with the given files' exact size and sha256 filled in (as if read from the
  * publisher), and optionally another head count for the vision conversion (the tiny model has 4).
+ * Files are keyed by name, or by `<model>/<name>` where two models publish the same file name (the
+ * segmenters' `vision_encoder.onnx`).
  */
 export function catalogWith(
   files: Record<string, Buffer>,
@@ -27,7 +39,7 @@ export function catalogWith(
     if (options.heads && model.convert) model.convert.heads = options.heads;
     const all = [...(model.commonFiles ?? []), ...Object.values(model.variants).flatMap((v) => v.files)];
     for (const f of all) {
-      const body = files[f.file];
+      const body = files[`${model.name}/${f.file}`] ?? files[f.file];
       if (!body) continue;
       f.bytes = body.length;
       if (options.withSha !== false) f.sha256 = sha256Of(body);

@@ -14,7 +14,9 @@ import {
 export function register(program: Command): void {
   program
     .command("models")
-    .description("list installed models (sizes, complete or not); --available lists what `pull` can fetch")
+    .description(
+      "list installed models (sizes, complete or not, licences); --available lists what `pull` can fetch",
+    )
     .option("--dir <dir>", `models folder (default: $REGION_VQA_MODELS_DIR or ${defaultModelsDir()})`)
     .option("--available", "list the catalogue instead: presets, models, variants, files and sizes")
     .option("--verify", "re-hash every file against its manifest (reads every byte)")
@@ -46,14 +48,16 @@ function installedText(roots: string[], entries: InstalledEntry[]): string {
       e.detail ?? "",
       formatBytes(e.bytes),
       e.complete ? "complete" : "INCOMPLETE",
+      e.licence ?? "",
     ]);
-    const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i].length), 4));
+    const widths = [0, 1, 2, 3, 4].map((i) => Math.max(...rows.map((r) => r[i].length), 4));
     for (const [i, row] of rows.entries()) {
+      const last = row[5] ? `${row[4].padEnd(widths[4])}  ${row[5]}` : row[4];
       lines.push(
         `  ${row
           .slice(0, 4)
           .map((c, j) => c.padEnd(widths[j]))
-          .join("  ")}  ${row[4]}`,
+          .join("  ")}  ${last}`,
       );
       for (const problem of here[i].problems) lines.push(`      - ${problem}`);
     }
@@ -61,12 +65,20 @@ function installedText(roots: string[], entries: InstalledEntry[]): string {
   return `${lines.join("\n")}\n`;
 }
 
-function catalogueText(): string {
+/** What `models --available` prints: presets, then each model with its licence, variants and files. */
+export function catalogueText(): string {
   const lines: string[] = ["Presets (serve --model NAME):"];
-  for (const p of DEFAULT_CATALOG.presets) lines.push(`  ${p.name}  ${p.description}`);
+  for (const p of DEFAULT_CATALOG.presets) {
+    lines.push(`  ${p.name}  ${p.description}`);
+    const parts = [p.vision, p.llm, ...(p.segmenter ? [p.segmenter] : [])];
+    lines.push(
+      `    pulls: ${parts.map((part) => part.model + (part.variant ? ` (${part.variant})` : "")).join(", ")}`,
+    );
+  }
   lines.push("", "Models (pull NAME; pick a variant with --variant or --quant):");
   for (const m of DEFAULT_CATALOG.models) {
     lines.push(`  ${m.name}  ${m.description}`);
+    lines.push(`    licence: ${m.licence ?? "not recorded"}${m.homepage ? `  (${m.homepage})` : ""}`);
     for (const key of Object.keys(m.variants)) {
       const files = variantFiles(m, key).map((f) => {
         const size = knownSize(f);

@@ -15,13 +15,16 @@ export function register(program: Command): void {
     .description("download, verify and convert a model or preset into the models folder")
     .argument(
       "<name>",
-      "preset (alpha-llava-7b) or model (alpha-clip-l14-336, llava-v1.5-7b); see `models --available`",
+      "preset (alpha-llava-7b) or model (alpha-clip-l14-336, llava-v1.5-7b, sam2.1-tiny, slimsam-77); see `models --available`",
     )
     .option("--quant <quant>", "LLM quantisation, e.g. Q4_K_M (default), Q5_K_M, Q8_0")
     .option(
       "--variant <variant>",
-      "Alpha-CLIP checkpoint: grit-20m (default) or grit-1m (the official LLaVA demo's)",
+      "Alpha-CLIP checkpoint: grit-20m (default) or grit-1m (the official LLaVA demo's); " +
+        "for a segmenter: fp32 (default), fp16, or quantized (slimsam-77)",
     )
+    .option("--segmenter-variant <variant>", "with a preset: the segmenter's variant (default fp32)")
+    .option("--no-segmenter", "with a preset: do not pull its segmenter")
     .option("--dir <dir>", `models folder (default: $REGION_VQA_MODELS_DIR or ${defaultModelsDir()})`)
     .addOption(
       new Option("--precision <precision>", "weights of the converted vision model").choices([
@@ -56,6 +59,8 @@ Interrupted downloads resume where they stopped: run the same command again.`,
           modelsDir: opts.dir,
           quant: opts.quant,
           variant: opts.variant,
+          segmenterVariant: opts.segmenterVariant,
+          segmenter: opts.segmenter,
           precision: opts.precision,
           keepSource: opts.keepSource,
           verify: opts.verify,
@@ -74,6 +79,9 @@ Interrupted downloads resume where they stopped: run the same command again.`,
 interface PullCliOptions {
   quant?: string;
   variant?: string;
+  segmenterVariant?: string;
+  /** False with --no-segmenter. */
+  segmenter: boolean;
   dir?: string;
   precision?: "fp32" | "fp16";
   keepSource?: boolean;
@@ -94,9 +102,19 @@ function summary(result: PullResult): string {
     lines.push(`  vision     ${result.preset.visionDir}`);
     lines.push(`  projector  ${result.preset.projectorPath}`);
     lines.push(`  llm        ${result.preset.llmPath}`);
-    lines.push(`Start the server with: region-vqa serve --model ${result.name}`);
+    if (result.preset.segmenterDir) lines.push(`  segmenter  ${result.preset.segmenterDir}`);
   } else {
     for (const folder of result.folders) lines.push(`  ${folder}`);
   }
+  lines.push(...licenceLines(result));
+  if (result.preset) lines.push(`Start the server with: region-vqa serve --model ${result.name}`);
   return `${lines.join("\n")}\n`;
+}
+
+/** The licence of each model pulled: one line for one model, a list for a preset. */
+function licenceLines(result: PullResult): string[] {
+  const licence = (m: PullResult["models"][number]) => m.licence ?? "not recorded (see the model's homepage)";
+  if (result.models.length === 1) return [`Licence: ${licence(result.models[0])}`];
+  const width = Math.max(...result.models.map((m) => m.name.length));
+  return ["Licences:", ...result.models.map((m) => `  ${m.name.padEnd(width)}  ${licence(m)}`)];
 }
