@@ -5,15 +5,17 @@
  * prints the markdown tables. Each part runs in a child process of its own, so memory peaks and
  * native engines do not mix between models.
  *
- *   npm run bench -- [--only pipeline,concurrency,vision,llm] [--model bundled,shapes,tiny,full]
+ *   npm run bench -- [--only pipeline,concurrency,segmenter,vision,llm] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N]
  *     [--device auto|webgpu|cuda|cpu] [--gpu false|auto|cuda|vulkan|metal] [--max-conversations N]
- *     [--endpoint ask|caption] [--out DIR]
+ *     [--endpoint ask|caption] [--seg-images N] [--seg-clicks N] [--out DIR]
  *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
- * one CPU request takes many seconds). vision and llm run bench/vision.ts and bench/llm.ts.
+ * one CPU request takes many seconds), segmenter (bench/segmenter.ts: the bundled segmenter and a
+ * SAM 2.1-tiny-shaped stand-in on the CPU, with --threads ONNX threads; --model does not apply).
+ * vision and llm run bench/vision.ts and bench/llm.ts.
  * On a software adapter (Mesa's lavapipe), `--device webgpu` numbers check the GPU path, not its speed.
  */
 import { spawn } from "node:child_process";
@@ -27,6 +29,7 @@ import { LLM_GPUS, type LlmGpu } from "../src/llm/index.js";
 import { runConcurrencyBench, type ConcurrencyBenchResult, type ConcurrencyEndpoint } from "./concurrency.js";
 import { resolveModelSet, type ModelSetName } from "./model-sets.js";
 import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
+import { runSegmenterBench, type SegmenterBenchResult } from "./segmenter.js";
 import { renderReport, type BenchReport, type ExternalBenchResult } from "./report.js";
 import { machineInfo, round } from "./stats.js";
 import { runTsChild } from "./synthetic-models.js";
@@ -34,8 +37,9 @@ import { runTsChild } from "./synthetic-models.js";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
 
-type Part = "pipeline" | "concurrency" | "vision" | "llm";
-const PARTS: Part[] = ["pipeline", "concurrency", "vision", "llm"];
+type Part = "pipeline" | "concurrency" | "segmenter" | "vision" | "llm";
+type ChildPart = "pipeline" | "concurrency" | "segmenter";
+const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "vision", "llm"];
 const MODEL_SETS: ModelSetName[] = ["bundled", "shapes", "tiny", "full"];
 
 const { values } = parseArgs({
@@ -56,6 +60,8 @@ const { values } = parseArgs({
     "max-conversations": { type: "string", default: "4" },
     "context-size": { type: "string", default: "1024" },
     endpoint: { type: "string", default: "ask" },
+    "seg-images": { type: "string", default: "3" },
+    "seg-clicks": { type: "string", default: "10" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
     render: { type: "string" },
@@ -108,7 +114,20 @@ const modelOptions = { fullLayers: positive("full-layers"), threads: common.visi
 const log = (message: string): void => void process.stderr.write(`bench: ${message}\n`);
 
 /** Child mode: one part on one model set; the result is the last line of stdout. */
-async function child(part: "pipeline" | "concurrency", model: ModelSetName): Promise<void> {
+async function child(part: ChildPart, model: ModelSetName): Promise<void> {
+  if (part === "segmenter") {
+    const result = await runSegmenterBench(
+      {
+        threads: common.visionThreads,
+        images: positive("seg-images"),
+        clicks: positive("seg-clicks"),
+        photo: true,
+      },
+      log,
+    );
+    process.stdout.write(`\n${JSON.stringify(result)}\n`);
+    return;
+  }
   const models = await resolveModelSet(model, modelOptions);
   let result: PipelineBenchResult | ConcurrencyBenchResult;
   if (part === "pipeline") {
@@ -138,7 +157,7 @@ function passthroughArgs(): string[] {
   );
 }
 
-function runChild(part: "pipeline" | "concurrency", model: ModelSetName): Promise<unknown> {
+function runChild(part: ChildPart, model: ModelSetName): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const p = spawn(
       process.execPath,
@@ -169,9 +188,10 @@ function runChild(part: "pipeline" | "concurrency", model: ModelSetName): Promis
 }
 
 async function parent(): Promise<void> {
-  const parts = list(values.only, PARTS, "only") ?? ["pipeline", "concurrency"];
+  const parts = list(values.only, PARTS, "only") ?? ["pipeline", "concurrency", "segmenter"];
   const models = list(values.model, MODEL_SETS, "model");
   const started = new Date();
+  const segmenterResults: SegmenterBenchResult[] = [];
   const report: BenchReport = {
     startedAt: started.toISOString(),
     finishedAt: "",
@@ -180,6 +200,7 @@ async function parent(): Promise<void> {
     args: process.argv.slice(2),
     pipeline: [],
     concurrency: [],
+    segmenter: segmenterResults,
     external: [],
     failures: [],
   };
@@ -202,6 +223,15 @@ async function parent(): Promise<void> {
           output,
         };
         report.external.push(external);
+      } catch (err) {
+        report.failures.push({ part, model: "-", error: (err as Error).message });
+      }
+      continue;
+    }
+    if (part === "segmenter") {
+      log("segmenter (bundled segmenter + SAM 2.1-tiny-shaped stand-in, CPU)");
+      try {
+        segmenterResults.push((await runChild(part, "bundled")) as SegmenterBenchResult);
       } catch (err) {
         report.failures.push({ part, model: "-", error: (err as Error).message });
       }
@@ -240,8 +270,8 @@ if (values.render) {
   const saved = JSON.parse(readFileSync(values.render, "utf8")) as BenchReport;
   process.stdout.write(`${renderReport(saved)}\n`);
 } else if (values.child) {
-  if (values.child !== "pipeline" && values.child !== "concurrency")
-    fail(`--child must be pipeline or concurrency`);
+  if (values.child !== "pipeline" && values.child !== "concurrency" && values.child !== "segmenter")
+    fail(`--child must be pipeline, concurrency or segmenter`);
   const model = list(values.model, MODEL_SETS, "model")?.[0] ?? fail("--child needs --model");
   await child(values.child, model);
 } else {

@@ -1,6 +1,7 @@
 /** Markdown tables of benchmark results (what `npm run bench` prints and saves beside the JSON). */
 import type { ConcurrencyBenchResult } from "./concurrency.js";
 import type { PipelineBenchResult } from "./pipeline.js";
+import type { SegmenterBenchResult, Spread } from "./segmenter.js";
 import type { MachineInfo } from "./stats.js";
 
 export interface ExternalBenchResult {
@@ -18,6 +19,8 @@ export interface BenchReport {
   args: string[];
   pipeline: PipelineBenchResult[];
   concurrency: ConcurrencyBenchResult[];
+  /** Absent from results saved before the segmenter bench existed. */
+  segmenter?: SegmenterBenchResult[];
   external: ExternalBenchResult[];
   failures: Array<{ part: string; model: string; error: string }>;
 }
@@ -109,6 +112,81 @@ export function concurrencyTable(r: ConcurrencyBenchResult): string {
   return lines.join("\n");
 }
 
+const spreadCell = (s: Spread): string => `${cell(s.median)} / ${cell(s.p90)}`;
+const gmac = (macs: number): string => `${(macs / 1e9).toFixed(2)} GMAC`;
+const mib = (bytes: number | null): string =>
+  bytes === null
+    ? "–"
+    : bytes >= 2 ** 20
+      ? `${(bytes / 2 ** 20).toFixed(1)} MiB`
+      : `${(bytes / 1024).toFixed(1)} KiB`;
+
+export function segmenterTable(r: SegmenterBenchResult): string {
+  const o = r.options;
+  const standIn = r.models.find((m) => m.key === "sam21-tiny-shaped");
+  // The fastest encoder run over the stand-in's images: the least disturbed on a shared machine.
+  const runs = (standIn?.rows ?? [])
+    .map((row) => row.firstClick.encoderRunMinMs)
+    .filter((v): v is number => v !== null && v > 0);
+  const encodeOnlyMs = runs.length ? Math.min(...runs) : null;
+  const lines = [
+    "### Segmenter: encode once, click many (CPU)",
+    "",
+    `CPU only, ONNX Runtime ${o.threads} intra-op thread(s) on a ${r.cores}-core machine (segmenters and Alpha-CLIP alike), ` +
+      `load average ${r.loadAverage.start.join(" / ")} at the start, ${r.loadAverage.end.join(" / ")} at the end; ` +
+      `${o.images} new image(s) per row, each clicked once (first click: the encoder runs) and then ${o.clicks} more time(s) (embeddings cached). ` +
+      "First-click columns are medians over the images; further clicks median / p90 over all of them. " +
+      "On a small shared machine these numbers are noisy: compare them with each other, not across runs.",
+    "",
+    ...r.models.flatMap((m) => [
+      `- **${m.key}**: ${m.label}; ${m.source}. Input ${m.imageSize}x${m.imageSize}, masks ${m.maskSize}x${m.maskSize}, ` +
+        `embeddings ${m.embeddings.join(" + ")}; folder ${mib(m.modelBytes)}` +
+        `${m.writeMs !== undefined ? ` (written in ${m.writeMs} ms)` : ""}; **load ${m.loadMs} ms** (manifest + two ONNX sessions, each in its worker thread); ` +
+        `first click after load ${m.firstRunAfterLoadMs} ms (ORT's first run, not in the table); ` +
+        `encoder ${gmac(m.encoderMacs)} per image, decoder ${gmac(m.decoderMacs)} per prompt (convolutions)` +
+        `${m.uncountedLayers.length ? `; not counted: ${m.uncountedLayers.join(", ")}` : ""}.`,
+      ...(m.note ? [`  > ${m.note}`] : []),
+    ]),
+    `- **Alpha-CLIP** (${r.alphaClip.dir}, ${r.alphaClip.imageSize} px): load ${r.alphaClip.loadMs} ms, first run after load ${r.alphaClip.firstRunAfterLoadMs} ms; ` +
+      "its columns time LLaVA preprocessing (pad, bicubic resize, alpha from the region) and the encoder on the same image and region as the segmenter's first click.",
+    "",
+    "| model | images | first click: encode ms | (of which SAM preprocess ms) | decode ms | post-process ms | **first click total ms** | further clicks: decode ms p50 / p90 | post-process ms p50 / p90 | hash + prompt + copy ms p50 / p90 | **further click total ms p50 / p90** | embeddings / image | Alpha-CLIP preprocess ms | **Alpha-CLIP encode ms** | empty masks |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ...r.models.flatMap((m) =>
+      m.rows.map(
+        (row) =>
+          `| ${m.key} | ${row.images} (${row.imageCount}: ${row.sizes}) | ${cell(row.firstClick.encodeMs)} | ${cell(row.firstClick.preprocessMs)} | ` +
+          `${cell(row.firstClick.decodeMs)} | ${cell(row.firstClick.postprocessMs)} | **${cell(row.firstClick.totalMs)}** | ` +
+          `${spreadCell(row.furtherClicks.decodeMs)} | ${spreadCell(row.furtherClicks.postprocessMs)} | ${spreadCell(row.furtherClicks.otherMs)} | **${spreadCell(row.furtherClicks.totalMs)}** | ` +
+          `${mib(row.embeddingBytesPerImage)} | ${cell(row.alphaClip.preprocessMs)} | **${cell(row.alphaClip.encodeMs)}** | ${row.emptyMasks} |`,
+      ),
+    ),
+    "",
+    "Total columns are the wall time of `segment()`: besides encode/decode/post-process they hold hashing the image (the cache key), " +
+      "encoding the prompt and copying the cached embeddings for the decoder. Empty masks (untrained weights find nothing) are timed by the wall clock only.",
+  ];
+  if (standIn) {
+    const est = r.hieraTinyEncoderMacsEstimate;
+    const rate = encodeOnlyMs !== null ? standIn.encoderMacs / (encodeOnlyMs / 1000) : null;
+    lines.push(
+      "",
+      "**Compute: the stand-in has SAM 2.1-tiny's I/O, not its compute.** " +
+        `Its encoder is ${gmac(standIn.encoderMacs)} per image; the real Hiera-tiny encoder is about ${gmac(est)} by our count ` +
+        `(${(est / standIn.encoderMacs).toFixed(0)}x; linear layers, convs and attention matmuls from sam2.1_hiera_t.yaml's configuration, an estimate, not a measurement). ` +
+        `The stand-in's decoder (${gmac(standIn.decoderMacs)} of convolutions per prompt) is not SAM's two-way transformer decoder either.`,
+      "",
+      `Reference (second-hand): ${r.reference} That is about ${(est / r.referenceEncodeSeconds / 1e9).toFixed(0)} GMAC/s by the count above.` +
+        (rate !== null
+          ? ` Here the stand-in's encoder ran at about ${(rate / 1e9).toFixed(1)} GMAC/s (its fastest encoder run, ${encodeOnlyMs!.toFixed(0)} ms without SAM preprocessing, ${o.threads} thread(s), ` +
+            `load average ${r.loadAverage.start[0]} at the start); at that rate Hiera-tiny would take roughly ${(est / rate).toFixed(1)} s per image here. ` +
+            "That extrapolation is crude and probably pessimistic: the stand-in's thin convolutions (3-256 channels) use a CPU worse than Hiera's wide matrix products, and this machine is shared."
+          : ""),
+    );
+  }
+  lines.push("", `Peak RSS ${r.peakRssMiB} MiB.`);
+  return lines.join("\n");
+}
+
 export function renderReport(report: BenchReport): string {
   const parts = [
     "## Benchmark results",
@@ -118,6 +196,7 @@ export function renderReport(report: BenchReport): string {
     "",
     ...report.pipeline.map((p) => `${pipelineTable(p)}\n`),
     ...report.concurrency.map((c) => `${concurrencyTable(c)}\n`),
+    ...(report.segmenter ?? []).map((s) => `${segmenterTable(s)}\n`),
     ...report.external.map((e) => `### ${e.part} (\`${e.command}\`)\n\n${e.output.trim()}\n`),
     ...(report.failures.length
       ? ["### Failures", "", ...report.failures.map((f) => `- ${f.part} on ${f.model}: ${f.error}`), ""]

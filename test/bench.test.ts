@@ -2,15 +2,18 @@
  * The benchmark harness on the real tiny models (real ONNX sessions, real llama.cpp, real HTTP on
  * loopback): the numbers are not asserted (they depend on the machine), what they claim is: a cold run
  * encodes, a warm run is answered by the vision cache without the encoder, a follow-up runs no image
- * stage, and every concurrent request is about a new image.
+ * stage, every concurrent request is about a new image, and the segmenter bench's further clicks are
+ * answered from the embedding cache.
  */
 import { describe, expect, it } from "vitest";
 import { runConcurrencyBench } from "../bench/concurrency.js";
 import { benchImage } from "../bench/images.js";
 import { resolveModelSet } from "../bench/model-sets.js";
 import { runPipelineBench } from "../bench/pipeline.js";
-import { concurrencyTable, pipelineTable } from "../bench/report.js";
+import { concurrencyTable, pipelineTable, segmenterTable } from "../bench/report.js";
+import { hieraTinyEncoderMacs, miniSamMacs, runSegmenterBench } from "../bench/segmenter.js";
 import { quantile, round } from "../bench/stats.js";
+import { SAM21_TINY_SHAPED_ARCHITECTURE } from "../src/segmenter/index.js";
 
 const engine = {
   maxTokens: 4,
@@ -99,4 +102,48 @@ describe("bench on the tiny models", () => {
     expect(result.endpoint).toContain("/v1/regions/caption");
     expect(result.levels[0]).toMatchObject({ clients: 2, requests: 2, errors: 0, cacheHits: 0 });
   }, 120_000);
+});
+
+describe("segmenter bench", () => {
+  it("counts the SAM 2.1-shaped stand-in's multiply-accumulates from its conv shapes", () => {
+    const macs = miniSamMacs(SAM21_TINY_SHAPED_ARCHITECTURE);
+    expect(macs.uncounted).toEqual([]);
+    // encoder.c0a: 3 -> 32 channels, 3x3, stride 4 to 256 x 256.
+    expect(macs.encoder).toBeGreaterThan(256 * 256 * 32 * 3 * 9);
+    expect(macs.decoder).toBeGreaterThan(0);
+    expect(hieraTinyEncoderMacs()).toBeGreaterThan(10 * macs.encoder);
+  });
+
+  // Quick mode: one image per row and one further click; asserts the table's rows, never times.
+  it("times both segmenters and Alpha-CLIP, the further clicks from cached embeddings", async () => {
+    const result = await runSegmenterBench({ threads: 1, images: 1, clicks: 1, photo: true }, quiet);
+    expect(result.models.map((m) => m.key)).toEqual(["bundled", "sam21-tiny-shaped"]);
+    expect(result.models.map((m) => m.rows.map((r) => r.images))).toEqual([
+      ["shapes scenes"],
+      ["shapes scenes", "photo 1024x768"],
+    ]);
+    const standIn = result.models[1];
+    expect(standIn.imageSize).toBe(1024);
+    expect(standIn.maskSize).toBe(256);
+    expect(standIn.embeddings).toEqual(["32x256x256", "64x128x128", "256x64x64"]);
+    for (const model of result.models) {
+      expect(model.loadMs).toBeGreaterThan(0);
+      for (const row of model.rows) {
+        expect(row.imageCount).toBe(1);
+        expect(row.furtherClicks.count).toBe(1);
+        // An untrained stand-in may find an empty mask; a click it answers must hit the cache.
+        expect(row.furtherClicks.cached + row.emptyMasks).toBeGreaterThanOrEqual(1);
+        expect(row.alphaClip.encodeMs).toBeGreaterThan(0);
+      }
+    }
+    expect(standIn.rows[0].embeddingBytesPerImage).toBe(
+      (32 * 256 * 256 + 64 * 128 * 128 + 256 * 64 * 64) * 4,
+    );
+    const table = segmenterTable(result);
+    expect(table).toContain("| bundled | shapes scenes");
+    expect(table).toContain("| sam21-tiny-shaped | shapes scenes");
+    expect(table).toContain("| sam21-tiny-shaped | photo 1024x768");
+    expect(table).toContain("not its compute");
+    expect(table).toContain("1 thread(s)");
+  }, 180_000);
 });
