@@ -107,6 +107,11 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   { name: "REGION_VQA_VISION", field: "model.vision", help: "Alpha-CLIP vision model folder" },
   { name: "REGION_VQA_PROJECTOR", field: "model.projector", help: "projector file or folder" },
   { name: "REGION_VQA_LLM", field: "model.llm", help: "LLM .gguf file" },
+  {
+    name: "REGION_VQA_SEGMENTER",
+    field: "model.segmenter",
+    help: "segmenter (SAM) folder for point regions",
+  },
   { name: "REGION_VQA_DEVICE", field: "model.device", help: "vision device: auto|webgpu|cuda|cpu" },
   { name: "REGION_VQA_GPU", field: "model.gpu", help: "llama.cpp backend: auto|cuda|vulkan|metal|false" },
   { name: "REGION_VQA_THREADS", field: "model.visionThreads", help: "ONNX Runtime threads" },
@@ -259,7 +264,7 @@ export function configFromFile(file: string): ServerConfigInput {
   const input = parsed as ServerConfigInput;
   if (input.model && typeof input.model === "object") {
     const dir = path.dirname(path.resolve(file));
-    for (const key of ["vision", "projector", "llm"] as const) {
+    for (const key of ["vision", "projector", "llm", "segmenter"] as const) {
       const p = input.model[key];
       if (typeof p === "string") input.model[key] = path.resolve(dir, p);
     }

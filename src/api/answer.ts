@@ -4,13 +4,14 @@
  * ask, and answer as one JSON body or as server-sent events. Routes only say what their JSON and
  * events look like (`AnswerFormat`).
  */
+import { createHash } from "node:crypto";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { RegionVqaError } from "../common/errors.js";
 import type { ServerConfig } from "../config.js";
 import type { AnswerResult, Conversation, GenerationOptions } from "../pipeline/types.js";
 import { toRegionVqaError } from "./errors.js";
 import { clientAbortSignal, EventStream, type PipelineHolder } from "./http.js";
-import { resolveRegions, type RegionSpec, type ResolvedImage } from "./input.js";
+import { resolveRegions, type RegionSpec, type ResolvedImage, type SegmentFn } from "./input.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { Lease, RequestScheduler } from "./scheduler.js";
 
@@ -44,12 +45,17 @@ export async function withLease<T>(
 
 /** Decodes the image and checks every region against it (timed as the "decode" stage). */
 export async function regionsOf(
-  { config, metrics }: ModelRouteOptions,
+  { config, metrics, pipeline }: ModelRouteOptions,
   lease: Lease,
   image: Uint8Array,
   specs: RegionSpec[],
 ): Promise<ResolvedImage> {
-  const resolved = await resolveRegions(image, specs, config.limits);
+  const p = pipeline.get();
+  const imageKey = createHash("sha256").update(image).digest("hex");
+  const segment: SegmentFn | undefined = p.segment
+    ? async (decoded, prompt) => (await p.segment!(decoded, prompt, { imageKey })).mask
+    : undefined;
+  const resolved = await resolveRegions(image, specs, config.limits, segment);
   metrics.observeStage("decode", resolved.decodeSeconds);
   lease.throwIfAborted();
   return resolved;

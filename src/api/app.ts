@@ -19,6 +19,7 @@ import { ServerMetrics } from "./metrics.js";
 import openAiRoutes from "./routes/openai.js";
 import opsRoutes from "./routes/ops.js";
 import regionsRoutes, { conversationRoutes } from "./routes/regions.js";
+import segmentRoutes from "./routes/segment.js";
 import uiRoutes from "./routes/ui.js";
 import { RequestScheduler } from "./scheduler.js";
 import { ajvBinaryFilePlugin, sharedSchemas } from "./schemas.js";
@@ -45,7 +46,17 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   const config = options.config ?? defaultConfig;
   const metrics = options.metrics ?? new ServerMetrics();
   const pipeline = new PipelineHolder(options.pipeline);
-  void pipeline.settled().then((p) => p && metrics.setDevices(p.models.devices));
+  void pipeline.settled().then((p) => {
+    if (!p) return;
+    metrics.setDevices(p.models.devices);
+    const stats = p.stats?.bind(p);
+    if (stats) {
+      metrics.watchCaches(() => {
+        const s = stats();
+        return { vision_embeddings: s.cache, segmenter_embeddings: s.segmenterCache };
+      });
+    }
+  });
   const limits = config.limits;
 
   const app = Fastify({
@@ -159,6 +170,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
 
   await app.register(opsRoutes, { pipeline, metrics });
   await app.register(regionsRoutes, { pipeline, config, metrics, scheduler });
+  await app.register(segmentRoutes, { pipeline, config, metrics, scheduler });
   await app.register(conversationRoutes, { pipeline, config, metrics, scheduler });
   await app.register(openAiRoutes, { pipeline, config, metrics, scheduler });
   await app.register(uiRoutes, { root: options.uiRoot ?? defaultUiRoot });

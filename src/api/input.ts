@@ -6,9 +6,10 @@
 import { RegionVqaError, type ErrorCode } from "../common/errors.js";
 import { checkRegionCount } from "../common/limits.js";
 import type { ServerLimits } from "../config.js";
-import { decodeImage, decodeMaskImage } from "../vision/decode.js";
+import { decodeImage, decodeMaskImage, type DecodedImage } from "../vision/decode.js";
 import { alphaToMask, regionToMask } from "../vision/region.js";
-import type { Box, CocoRle, Polygon, Region, RgbImage } from "../vision/types.js";
+import { MAX_PROMPT_POINTS, NO_SEGMENTER_MESSAGE, type SegmentPrompt } from "../segmenter/index.js";
+import type { Box, CocoRle, Mask, PointPrompt, Polygon, Region, RgbImage } from "../vision/types.js";
 
 /** A region as a request states it, before the image is decoded. */
 export type RegionSpec =
@@ -173,8 +174,54 @@ function parseRle(value: unknown): CocoRle {
 }
 
 /**
- * One region as JSON: "whole" | "alpha" | {mask} | {box} | {polygon} | {rle}, or the same with a
- * `kind` field ({kind: "box", box: [...]}).
+ * Point prompts: [[x, y], [x, y, label], ...] (label 1 = include, the default; 0 = exclude) or one
+ * [x, y(, label)]; multipart sends the same as JSON text. Whether they lie inside the image is checked
+ * once the image is decoded.
+ */
+export function parsePoints(value: unknown): PointPrompt[] {
+  value = maybeJson(value, "points", "point_invalid");
+  const isNumber = (n: unknown) => typeof n === "number";
+  if (Array.isArray(value) && value.length > 0 && value.every(isNumber)) value = [value];
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new RegionVqaError(
+      "point_invalid",
+      "Points must be a non-empty list: [[x, y], [x, y, label], ...] in pixels, label 1 = include, 0 = exclude.",
+    );
+  }
+  if (value.length > MAX_PROMPT_POINTS) {
+    throw new RegionVqaError(
+      "too_many_points",
+      `The region has ${value.length} points; the limit is ${MAX_PROMPT_POINTS}.`,
+      { points: value.length, maxPoints: MAX_PROMPT_POINTS },
+    );
+  }
+  return value.map((p, i) => {
+    if (!Array.isArray(p) || (p.length !== 2 && p.length !== 3) || !p.every(isNumber)) {
+      throw new RegionVqaError("point_invalid", `Point ${i} must be [x, y] or [x, y, label] (numbers).`);
+    }
+    const [x, y, label = 1] = p as number[];
+    if (!Number.isFinite(x) || !Number.isFinite(y)) {
+      throw new RegionVqaError("point_invalid", `Point ${i} must have finite coordinates.`);
+    }
+    if (label !== 0 && label !== 1) {
+      throw new RegionVqaError(
+        "point_invalid",
+        `Point ${i} has label ${label}; a label is 1 (include) or 0 (exclude).`,
+      );
+    }
+    return { x, y, label };
+  });
+}
+
+function isTrue(value: unknown): boolean {
+  if (value instanceof Uint8Array) value = Buffer.from(value).toString("utf8");
+  return value === true || value === "true" || value === "1";
+}
+
+/**
+ * One region as JSON: "whole" | "alpha" | {mask} | {box} | {polygon} | {rle} | {points} (optionally
+ * with a box that the segmenter refines) | {box, refine: true}, or the same with a `kind` field
+ * ({kind: "box", box: [...]}).
  */
 export function parseRegion(value: unknown, limits: ServerLimits, where = "region"): RegionSpec {
   value = maybeJson(value, where, "region_invalid");
@@ -182,18 +229,26 @@ export function parseRegion(value: unknown, limits: ServerLimits, where = "regio
   if (!value || typeof value !== "object" || Array.isArray(value)) {
     throw new RegionVqaError(
       "region_invalid",
-      `The ${where} must be "whole", "alpha" or an object with one of mask, box, polygon, rle; got ${describe(value)}.`,
+      `The ${where} must be "whole", "alpha" or an object with one of mask, box, polygon, rle, points; got ${describe(value)}.`,
     );
   }
   const o = value as Record<string, unknown>;
+  // A box with points (or with refine) is a prompt for the segmenter, not a box region.
+  if (o.points !== undefined || (o.box !== undefined && isTrue(o.refine))) {
+    return {
+      kind: "points",
+      points: o.points === undefined ? [] : parsePoints(o.points),
+      ...(o.box !== undefined ? { box: parseBox(o.box) } : {}),
+    };
+  }
   const forms = ["mask", "box", "polygon", "polygons", "rle"].filter((k) => o[k] !== undefined);
   const kind = typeof o.kind === "string" ? o.kind : forms.length === 1 ? forms[0] : undefined;
   if (kind === undefined) {
     throw new RegionVqaError(
       "region_invalid",
       forms.length === 0
-        ? `The ${where} has none of mask, box, polygon, rle.`
-        : `The ${where} has more than one of mask, box, polygon, rle (${forms.join(", ")}); give one.`,
+        ? `The ${where} has none of mask, box, polygon, rle, points.`
+        : `The ${where} has more than one of mask, box, polygon, rle (${forms.join(", ")}); give one (points may come with a box).`,
     );
   }
   switch (kind) {
@@ -218,7 +273,7 @@ export function parseRegion(value: unknown, limits: ServerLimits, where = "regio
     default:
       throw new RegionVqaError(
         "region_invalid",
-        `Unknown region kind "${kind}"; expected mask, box, polygon, rle, whole or alpha.`,
+        `Unknown region kind "${kind}"; expected mask, box, polygon, rle, points, whole or alpha.`,
       );
   }
 }
@@ -227,7 +282,9 @@ const asList = (v: unknown): unknown[] => (v === undefined || v === null ? [] : 
 
 /**
  * Every region a body states, in order: `regions` (a list), `region`, then the top-level `mask`
- * (file(s) or base64), `box`, `polygon` and `rle` fields. Multipart may repeat `mask` and `box`.
+ * (file(s) or base64), `box`, `polygon`, `rle` and `points` fields. Multipart may repeat `mask` and
+ * `box`. Top-level `points` take the one top-level `box` with them (the segmenter refines it), and so
+ * does `refine: true` without points.
  */
 export function regionSpecsFromBody(body: Record<string, unknown>, limits: ServerLimits): RegionSpec[] {
   const specs: RegionSpec[] = [];
@@ -247,7 +304,22 @@ export function regionSpecsFromBody(body: Record<string, unknown>, limits: Serve
   // A JSON box is one list of four numbers; multipart repeats the field as strings.
   const boxes =
     Array.isArray(body.box) && body.box.every((b) => typeof b === "number") ? [body.box] : asList(body.box);
-  for (const b of boxes) specs.push({ kind: "box", box: parseBox(b) });
+  const prompted = body.points !== undefined && body.points !== "";
+  if (prompted || (boxes.length > 0 && isTrue(body.refine))) {
+    if (boxes.length > 1) {
+      throw new RegionVqaError(
+        "box_invalid",
+        "Points (or refine) take at most one box: the segmenter refines one box.",
+      );
+    }
+    specs.push({
+      kind: "points",
+      points: prompted ? parsePoints(body.points) : [],
+      ...(boxes.length === 1 ? { box: parseBox(boxes[0]) } : {}),
+    });
+  } else {
+    for (const b of boxes) specs.push({ kind: "box", box: parseBox(b) });
+  }
   if (body.polygon !== undefined)
     specs.push({ kind: "polygon", polygons: parsePolygons(body.polygon, limits.maxPolygonPoints) });
   if (body.rle !== undefined) specs.push({ kind: "rle", rle: parseRle(body.rle) });
@@ -270,11 +342,14 @@ export interface ResolvedImage {
  * Decodes the image (limits checked from its header first) and turns every spec into a checked region.
  * No spec means: the image's alpha channel when it has one, else the whole image.
  */
-export async function resolveRegions(
+/**
+ * Decodes a request's image with the server's limits: bytes and pixels (checked from the header
+ * first) and the longest side.
+ */
+export async function decodeRequestImage(
   image: Uint8Array,
-  specs: RegionSpec[],
   limits: ServerLimits,
-): Promise<ResolvedImage> {
+): Promise<{ decoded: DecodedImage; decodeSeconds: number }> {
   const decodeLimits = { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels };
   const started = performance.now();
   const decoded = await decodeImage(image, decodeLimits);
@@ -288,6 +363,21 @@ export async function resolveRegions(
       { width, height, maxImageSide: limits.maxImageSide },
     );
   }
+  return { decoded, decodeSeconds };
+}
+
+/** Turns a prompt on the decoded image into a mask (the pipeline's segmenter); absent when none is loaded. */
+export type SegmentFn = (decoded: RgbImage, prompt: SegmentPrompt) => Promise<Mask>;
+
+export async function resolveRegions(
+  image: Uint8Array,
+  specs: RegionSpec[],
+  limits: ServerLimits,
+  segment?: SegmentFn,
+): Promise<ResolvedImage> {
+  const { decoded, decodeSeconds } = await decodeRequestImage(image, limits);
+  const { width, height } = decoded;
+  const decodeLimits = { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels };
   if (specs.length === 0) specs = [decoded.alpha ? { kind: "alpha" } : { kind: "whole" }];
   const regions: Region[] = [];
   for (const spec of specs) {
@@ -305,6 +395,10 @@ export async function resolveRegions(
         regions.push(
           checked({ kind: "mask", mask: alphaToMask(decoded.alpha, width, height) }, width, height),
         );
+        break;
+      case "points":
+        if (!segment) throw new RegionVqaError("segmenter_not_installed", NO_SEGMENTER_MESSAGE);
+        regions.push(checked({ kind: "mask", mask: await segment(decoded, spec) }, width, height));
         break;
       case "maskImage":
         regions.push(

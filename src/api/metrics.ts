@@ -81,6 +81,25 @@ export class ServerMetrics implements PipelineMetricsSink {
     registers: [this.registry],
   });
 
+  /** Read at scrape time from `watchCaches`'s source. */
+  private cacheSource?: () => Record<
+    string,
+    { bytes: number; entries: number; maxBytes: number } | undefined
+  >;
+  readonly cacheBytes = new Gauge({
+    name: "region_vqa_cache_bytes",
+    help: "Bytes held by each content-keyed cache (vision_embeddings, segmenter_embeddings), and its bound",
+    labelNames: ["cache", "kind"] as const,
+    registers: [this.registry],
+    collect: () => this.collectCaches(),
+  });
+  readonly cacheEntries = new Gauge({
+    name: "region_vqa_cache_entries",
+    help: "Entries in each content-keyed cache",
+    labelNames: ["cache"] as const,
+    registers: [this.registry],
+  });
+
   constructor(options: { collectProcessMetrics?: boolean } = {}) {
     if (options.collectProcessMetrics ?? true) {
       collectDefaultMetrics({ register: this.registry, prefix: "region_vqa_" });
@@ -91,6 +110,23 @@ export class ServerMetrics implements PipelineMetricsSink {
   setDevices(devices: Record<string, string>): void {
     this.deviceInfo.reset();
     for (const [stage, device] of Object.entries(devices)) this.deviceInfo.set({ stage, device }, 1);
+  }
+
+  /** Reports the caches' sizes at every scrape (e.g. from the pipeline's `stats()`). */
+  watchCaches(
+    source: () => Record<string, { bytes: number; entries: number; maxBytes: number } | undefined>,
+  ): void {
+    this.cacheSource = source;
+  }
+
+  private collectCaches(): void {
+    const caches = this.cacheSource?.() ?? {};
+    for (const [cache, stats] of Object.entries(caches)) {
+      if (!stats) continue;
+      this.cacheBytes.set({ cache, kind: "used" }, stats.bytes);
+      this.cacheBytes.set({ cache, kind: "max" }, stats.maxBytes);
+      this.cacheEntries.set({ cache }, stats.entries);
+    }
   }
 
   observeStage(stage: string, seconds: number): void {

@@ -72,7 +72,9 @@ export const regionDescription =
   '{"mask": "<base64 PNG or data URL, white = region, the image\'s size>"}, ' +
   '{"box": [x1, y1, x2, y2]} (pixels; also "x1,y1,x2,y2"), ' +
   '{"polygon": [x0, y0, x1, y1, ...]} (or [[x, y], ...], or a list of rings), ' +
-  '{"rle": {"size": [height, width], "counts": "<COCO string>" | [runs...]}}. ' +
+  '{"rle": {"size": [height, width], "counts": "<COCO string>" | [runs...]}}, ' +
+  '{"points": [[x, y], [x, y, 0], ...], "box"?: [...]} (clicks the segmenter turns into a mask; label 0 excludes), ' +
+  '{"box": [...], "refine": true}. ' +
   "Omitted: the image's alpha channel when it has one, else the whole image.";
 
 const regionField = {
@@ -91,6 +93,14 @@ export const jsonRegionFields = {
   box: { description: 'A box region: [x1, y1, x2, y2] or "x1,y1,x2,y2", in pixels.' },
   polygon: { description: "A polygon region: [x0, y0, x1, y1, ...], [[x, y], ...] or a list of rings." },
   rle: { description: 'A COCO RLE region: {"size": [height, width], "counts": ...}.' },
+  points: {
+    description:
+      "Clicks in pixels that the segmenter turns into the region: [[x, y], [x, y, label], ...] (label 1 = include, 0 = exclude); a `box` given with them is refined too.",
+  },
+  refine: {
+    type: "boolean",
+    description: "With `box` and no points: the segmenter refines the box into a mask.",
+  },
 } as const;
 
 /** The same fields as multipart parts (files and text fields). */
@@ -104,6 +114,8 @@ export const multipartRegionFields = {
   box: { type: "string", description: 'A box "x1,y1,x2,y2" or JSON [x1, y1, x2, y2]; may repeat.' },
   polygon: { type: "string", description: "JSON polygon." },
   rle: { type: "string", description: "JSON COCO RLE." },
+  points: { type: "string", description: "JSON clicks [[x, y], [x, y, label], ...] for the segmenter." },
+  refine: { type: "string", description: '"true": the segmenter refines the `box`.' },
   options: {
     type: "string",
     description:

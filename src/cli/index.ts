@@ -7,12 +7,14 @@ type CommandModule = { register(program: Command): void };
 const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/encode.js"),
   () => import("./commands/ask.js"),
+  () => import("./commands/segment.js"),
   () => import("./commands/pull.js"),
   () => import("./commands/models.js"),
   () => import("./commands/convert-vision.js"),
   () => import("./commands/convert-projector.js"),
   () => import("./commands/serve.js"),
   () => import("./commands/eval-shapes.js"),
+  () => import("./commands/eval-segment.js"),
   () => import("./commands/devices.js"),
 ];
 

@@ -12,6 +12,7 @@ export interface ModelCliOptions {
   vision?: string;
   projector?: string;
   llm?: string;
+  segmenter?: string;
   device?: string;
   gpu?: string;
   threads?: string;
@@ -33,6 +34,10 @@ export function addModelOptions(cmd: Command): Command {
     .option("--vision <dir>", "Alpha-CLIP model folder (convert-vision output; overrides --model)")
     .option("--projector <file>", "projector: mmproj GGUF, LLaVA checkpoint or projector folder")
     .option("--llm <file>", "LLM GGUF file")
+    .option(
+      "--segmenter <dir>",
+      "segmenter folder (SAM) that turns --point clicks into regions; default: the model preset's",
+    )
     .addOption(
       new Option(
         "--device <device>",
@@ -57,6 +62,7 @@ export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
     vision: opts.vision,
     projector: opts.projector,
     llm: opts.llm,
+    segmenter: opts.segmenter,
     device: opts.device as ModelConfig["device"],
     gpu: opts.gpu === undefined ? undefined : opts.gpu === "false" ? false : (opts.gpu as ModelConfig["gpu"]),
     visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),

@@ -1,7 +1,14 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { RegionVqaError } from "../common/errors.js";
-import { alphaToMask, decodeImage, decodeMaskImage, type Box, type Region } from "../vision/index.js";
+import {
+  alphaToMask,
+  decodeImage,
+  decodeMaskImage,
+  type Box,
+  type PointPrompt,
+  type Region,
+} from "../vision/index.js";
 
 export interface RegionCliOptions {
   image: string;
@@ -9,16 +16,49 @@ export interface RegionCliOptions {
   box?: string;
   polygon?: string;
   alpha?: boolean;
+  /** Repeated --point flags, as given. */
+  point?: string[];
+  refine?: boolean;
 }
 
-/** Adds --image and the region flags (--mask | --box | --polygon | --alpha; none = whole image). */
+/** Collects a repeatable flag's values. */
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/**
+ * Adds --image and the region flags (--mask | --box | --polygon | --alpha | --point...; none = whole
+ * image). Points (and --box with --refine) go to the segmenter.
+ */
 export function addRegionOptions(cmd: Command): Command {
   return cmd
     .requiredOption("--image <file>", "image (PNG, JPEG, WebP, GIF, TIFF)")
     .option("--mask <file>", "mask image of the image's size: non-zero pixels are the region")
     .option("--box <x1,y1,x2,y2>", "box region in pixels")
     .option("--polygon <json>", "polygon(s) in pixels, COCO style: [x0,y0,x1,y1,...] or [[...],[...]]")
-    .option("--alpha", "use the image's own alpha channel as the region (alpha >= 128)");
+    .option("--alpha", "use the image's own alpha channel as the region (alpha >= 128)")
+    .option(
+      "--point <x,y[,label]>",
+      "a click in pixels (label 1 = include, the default; 0 = exclude); repeat for more; the segmenter makes the region",
+      collect,
+    )
+    .option("--refine", "with --box: the segmenter refines the box into the object's mask");
+}
+
+/** "x,y" or "x,y,label" -> a point prompt (label 1 by default). */
+export function parsePointFlag(text: string): PointPrompt {
+  const parts = text.split(",").map((s) => s.trim());
+  const values = parts.map(Number);
+  if (
+    (parts.length !== 2 && parts.length !== 3) ||
+    parts.some((p) => p === "") ||
+    values.some((v) => !Number.isFinite(v))
+  ) {
+    throw new RegionVqaError("point_invalid", `--point must be x,y or x,y,label in pixels, got "${text}".`);
+  }
+  const label = values[2] ?? 1;
+  if (label !== 0 && label !== 1) {
+    throw new RegionVqaError("point_invalid", `--point ${text}: the label is 1 (include) or 0 (exclude).`);
+  }
+  return { x: values[0], y: values[1], label };
 }
 
 export function parseBoxFlag(text: string): Box {
@@ -45,11 +85,31 @@ export async function readInputFile(file: string, what: string): Promise<Uint8Ar
 export async function readImageAndRegion(
   opts: RegionCliOptions,
 ): Promise<{ image: Uint8Array; region: Region }> {
-  const given = [opts.mask, opts.box, opts.polygon, opts.alpha].filter((v) => v !== undefined && v !== false);
+  const points = (opts.point ?? []).map(parsePointFlag);
+  if (opts.refine && !opts.box)
+    throw new RegionVqaError("invalid_request", "--refine refines a --box; give one.");
+  // Points may come with a box (the segmenter refines it); otherwise one region form at most.
+  const prompted = points.length > 0 || opts.refine === true;
+  const given = [
+    opts.mask,
+    prompted ? undefined : opts.box,
+    opts.polygon,
+    opts.alpha,
+    prompted || undefined,
+  ].filter((v) => v !== undefined && v !== false);
   if (given.length > 1) {
-    throw new RegionVqaError("invalid_request", "Give at most one of --mask, --box, --polygon and --alpha.");
+    throw new RegionVqaError(
+      "invalid_request",
+      "Give at most one of --mask, --box, --polygon, --alpha and --point (a --box may go with --point or --refine).",
+    );
   }
   const image = await readInputFile(opts.image, "image");
+  if (prompted) {
+    return {
+      image,
+      region: { kind: "points", points, ...(opts.box ? { box: parseBoxFlag(opts.box) } : {}) },
+    };
+  }
   if (opts.box) return { image, region: { kind: "box", box: parseBoxFlag(opts.box) } };
   if (opts.polygon) {
     let parsed: unknown;

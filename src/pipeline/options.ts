@@ -9,7 +9,10 @@ import type { LlmGpu } from "../llm/index.js";
 import { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "../vision/index.js";
 
 /** The stages whose timings the pipeline reports (to logs, metrics and benchmarks). */
-export type PipelineStage = "decode" | "preprocess" | "encode" | "project" | "prefill";
+/** The pipeline's content-keyed caches. */
+export type PipelineCache = "vision" | "segmenter";
+
+export type PipelineStage = "decode" | "segment" | "preprocess" | "encode" | "project" | "prefill";
 
 export interface PipelineLogger {
   info(message: string): void;
@@ -23,6 +26,10 @@ export interface PipelineOptions {
   projector?: string;
   /** LLaMA-family GGUF. */
   llm: string;
+  /** Segmenter folder (kind "sam-segmenter"): turns clicks into masks (points regions, `segment`). */
+  segmenter?: string;
+  /** Bytes of segmenter image embeddings kept, so further clicks on an image only decode. Default 256 MiB. */
+  segmenterCacheBytes?: number;
   /** Name shown to API clients. Default "region-vqa". */
   modelId?: string;
   /** ONNX Runtime device for vision and projector. Default "auto" (CUDA when usable, else CPU). */
@@ -66,8 +73,8 @@ export interface PipelineOptions {
   logger?: PipelineLogger;
   /** Called with each stage's duration in ms (metrics hook). */
   onStage?: (stage: PipelineStage, ms: number) => void;
-  /** Called on each vision-cache lookup (metrics hook). */
-  onCache?: (hit: boolean) => void;
+  /** Called on each lookup of the vision cache or the segmenter's image-embedding cache (metrics hook). */
+  onCache?: (hit: boolean, cache: PipelineCache) => void;
 }
 
 export const DEFAULT_CAPTION_PROMPTS = {
@@ -85,6 +92,7 @@ export const PIPELINE_DEFAULTS = {
   maxConversations: 4,
   slotWaitMs: 10_000,
   visionCacheBytes: 256 * 1024 * 1024,
+  segmenterCacheBytes: 256 * 1024 * 1024,
   conversationTtlMs: 10 * 60_000,
   maxRegions: DEFAULT_MAX_REGIONS,
   maxQuestionChars: DEFAULT_MAX_QUESTION_CHARS,
@@ -95,11 +103,14 @@ export const PIPELINE_DEFAULTS = {
 const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefined };
 
 export type ResolvedPipelineOptions = Required<
-  Omit<PipelineOptions, "projector" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache">
+  Omit<
+    PipelineOptions,
+    "projector" | "segmenter" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache"
+  >
 > &
-  Pick<PipelineOptions, "projector" | "contextSize" | "systemPrompt" | "warmUp"> & {
+  Pick<PipelineOptions, "projector" | "segmenter" | "contextSize" | "systemPrompt" | "warmUp"> & {
     onStage: (stage: PipelineStage, ms: number) => void;
-    onCache: (hit: boolean) => void;
+    onCache: (hit: boolean, cache: PipelineCache) => void;
   };
 
 export function resolvePipelineOptions(options: PipelineOptions): ResolvedPipelineOptions {

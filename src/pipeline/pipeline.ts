@@ -3,14 +3,26 @@
  * `ConversationRegistry` (conversations on the LLM's slots). This file only wires them together and
  * owns their lifetime; the work is in those two.
  */
+import { createHash } from "node:crypto";
 import { RegionVqaError } from "../common/errors.js";
 import { LlavaModel, type AnswerResult, type Conversation, type GenerationOptions } from "../llm/index.js";
-import type { Region, RgbImage } from "../vision/index.js";
+import {
+  NO_SEGMENTER_MESSAGE,
+  SamSegmenter,
+  type SegmentPrompt,
+  type SegmentResult,
+} from "../segmenter/index.js";
+import { decodeImage, type Region, type RgbImage } from "../vision/index.js";
 import { ConversationRegistry } from "./conversation-registry.js";
-import type { ByteLruStats } from "../common/lru-cache.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
-import type { ModelsInfo, OpenConversationOptions, RegionVqaPipeline } from "./types.js";
+import type {
+  ModelsInfo,
+  OpenConversationOptions,
+  PipelineStats,
+  RegionVqaPipeline,
+  SegmentOptions,
+} from "./types.js";
 
 export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   readonly models: ModelsInfo;
@@ -21,13 +33,19 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     private readonly embedder: RegionEmbedder,
     private readonly llm: LlavaModel,
     private readonly conversations: ConversationRegistry,
+    private readonly segmenter: SamSegmenter | undefined,
   ) {
     this.models = {
       id: options.modelId,
       vision: options.vision,
       projector: options.projector ?? "(fused)",
       llm: options.llm,
-      devices: { vision: embedder.device, llm: llm.device },
+      ...(segmenter ? { segmenter: options.segmenter } : {}),
+      devices: {
+        vision: embedder.device,
+        llm: llm.device,
+        ...(segmenter ? { segmenter: segmenter.device } : {}),
+      },
     };
   }
 
@@ -35,7 +53,17 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const o = resolvePipelineOptions(options);
     const embedder = await RegionEmbedder.load(o);
     let llm: LlavaModel | undefined;
+    let segmenter: SamSegmenter | undefined;
     try {
+      if (o.segmenter) {
+        // Same device as the vision encoder: both are ONNX Runtime sessions.
+        segmenter = await SamSegmenter.load(o.segmenter, {
+          device: embedder.provider,
+          threads: o.visionThreads,
+          logger: o.logger,
+          cacheBytes: o.segmenterCacheBytes,
+        });
+      }
       llm = await LlavaModel.load({
         modelPath: o.llm,
         gpu: o.gpu,
@@ -52,18 +80,51 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       }
     } catch (err) {
       await llm?.dispose().catch(() => undefined);
+      await segmenter?.dispose().catch(() => undefined);
       await embedder.dispose().catch(() => undefined);
       throw err;
     }
     o.logger.info(
-      `pipeline ready: vision ${o.vision} on ${embedder.device}, projector ${o.projector ?? "fused"}, llm ${o.llm} on ${llm.device}`,
+      `pipeline ready: vision ${o.vision} on ${embedder.device}, projector ${o.projector ?? "fused"}, llm ${o.llm} on ${llm.device}` +
+        (segmenter ? `, segmenter ${o.segmenter} on ${segmenter.device}` : ""),
     );
-    return new LocalRegionVqaPipeline(o, embedder, llm, new ConversationRegistry(llm, o));
+    return new LocalRegionVqaPipeline(o, embedder, llm, new ConversationRegistry(llm, o), segmenter);
+  }
+
+  /** Clicks and/or a box on a decoded image -> its mask and the other candidates. */
+  async segment(
+    image: RgbImage,
+    prompt: SegmentPrompt,
+    options: SegmentOptions = {},
+  ): Promise<SegmentResult> {
+    this.assertOpen();
+    if (!this.segmenter) throw new RegionVqaError("segmenter_not_installed", NO_SEGMENTER_MESSAGE);
+    const t0 = performance.now();
+    try {
+      const result = await this.segmenter.segment(image, prompt, options.imageKey);
+      this.options.onCache(result.timings.embeddingsCached, "segmenter");
+      return result;
+    } finally {
+      this.options.onStage("segment", performance.now() - t0);
+    }
   }
 
   /** Image + regions -> one embedding block per region (cached; misses are encoded in one batch). */
-  embedRegions(image: Uint8Array, regions: Region[], decoded?: RgbImage): Promise<RegionEmbeddings[]> {
+  async embedRegions(image: Uint8Array, regions: Region[], decoded?: RgbImage): Promise<RegionEmbeddings[]> {
     this.assertOpen();
+    if (regions.some((r) => r.kind === "points")) {
+      // Clicks become masks first; the decoded image and its key serve the segmenter and the encoder.
+      const rgb = decoded ?? (await decodeImage(image, this.options.decodeLimits));
+      const imageKey = createHash("sha256").update(image).digest("hex");
+      regions = await Promise.all(
+        regions.map(async (r) =>
+          r.kind === "points"
+            ? { kind: "mask" as const, mask: (await this.segment(rgb, r, { imageKey })).mask }
+            : r,
+        ),
+      );
+      decoded = rgb;
+    }
     return this.embedder.embed(image, regions, decoded);
   }
 
@@ -114,13 +175,18 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   }
 
   /** Live conversations and vision-cache counters, for metrics and benchmarks. */
-  stats(): { conversations: number; cache: ByteLruStats } {
-    return { conversations: this.conversations.size, cache: this.embedder.cacheStats() };
+  stats(): PipelineStats {
+    return {
+      conversations: this.conversations.size,
+      cache: this.embedder.cacheStats(),
+      ...(this.segmenter ? { segmenterCache: this.segmenter.cacheStats() } : {}),
+    };
   }
 
   /** Drops every cached region embedding (e.g. for cold benchmarks). */
   clearVisionCache(): void {
     this.embedder.clearCache();
+    this.segmenter?.clearCache();
   }
 
   private assertOpen(): void {
@@ -132,6 +198,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     this.disposed = true;
     await this.conversations.dispose();
     await this.llm.dispose();
+    await this.segmenter?.dispose();
     await this.embedder.dispose();
   }
 }

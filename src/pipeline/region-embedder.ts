@@ -148,7 +148,7 @@ export class RegionEmbedder {
     );
     const results = keys.map((k) => {
       const hit = this.cache.get(k);
-      this.options.onCache(hit !== undefined);
+      this.options.onCache(hit !== undefined, "vision");
       return hit;
     });
     const todo = results.flatMap((r, i) => (r ? [] : [i]));

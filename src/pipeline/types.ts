@@ -1,4 +1,6 @@
+import type { ByteLruStats } from "../common/lru-cache.js";
 import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
+import type { SegmentPrompt, SegmentResult } from "../segmenter/types.js";
 import type { Region, RgbImage } from "../vision/types.js";
 
 export type * from "../llm/types.js";
@@ -22,8 +24,24 @@ export interface ModelsInfo {
   vision: string;
   projector: string;
   llm: string;
+  /** The segmenter folder, when one is loaded. */
+  segmenter?: string;
   /** Where each stage runs, e.g. { vision: "webgpu (NVIDIA RTX 4090)", llm: "cuda (NVIDIA RTX 4090)" }. */
-  devices: { vision: string; llm: string };
+  devices: { vision: string; llm: string; segmenter?: string };
+}
+
+/** Live conversations and cache counters, for metrics and benchmarks. */
+export interface PipelineStats {
+  conversations: number;
+  /** The vision cache (projected region embeddings). */
+  cache: ByteLruStats;
+  /** The segmenter's image-embedding cache, when a segmenter is loaded. */
+  segmenterCache?: ByteLruStats;
+}
+
+export interface SegmentOptions {
+  /** A content key of the image (e.g. a hash of its encoded bytes); default: a hash of its pixels. */
+  imageKey?: string;
 }
 
 /** What `src/api` and the CLI use: the composed vision -> projector -> LLM pipeline. */
@@ -42,5 +60,12 @@ export interface RegionVqaPipeline {
     regions: Region[],
     options?: GenerationOptions & { detail?: "short" | "long"; decoded?: RgbImage },
   ): Promise<AnswerResult[]>;
+  /**
+   * Clicks and/or a box -> a mask, with the segmenter (absent when none is loaded). The image's
+   * embeddings are cached, so further clicks on it only run the prompt decoder.
+   */
+  segment?(image: RgbImage, prompt: SegmentPrompt, options?: SegmentOptions): Promise<SegmentResult>;
+  /** Cache and conversation counters (for /metrics). */
+  stats?(): PipelineStats;
   dispose(): Promise<void>;
 }

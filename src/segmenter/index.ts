@@ -5,6 +5,7 @@
  */
 export {
   DEFAULT_SEGMENTER_CACHE_BYTES,
+  NO_SEGMENTER_MESSAGE,
   SEGMENTER_KIND,
   SamSegmenter,
   imageKey,

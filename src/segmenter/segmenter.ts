@@ -34,6 +34,9 @@ import type {
 } from "./types.js";
 
 export const SEGMENTER_KIND = "sam-segmenter";
+/** What to tell a user who clicked when no segmenter is loaded. */
+export const NO_SEGMENTER_MESSAGE =
+  "No segmenter is loaded, so points cannot become a region: run `region-vqa pull sam2.1-tiny` and start with --segmenter <folder> (the bundled shapes model has one).";
 /** Default bound of the image-embedding cache: SAM 2.1-tiny's embeddings take about 16 MB per image. */
 export const DEFAULT_SEGMENTER_CACHE_BYTES = 256 * 1024 * 1024;
 

@@ -24,3 +24,14 @@ export type { AnswerTruth, QuestionType, ShapesQuestion } from "./questions.js";
 export { checkAnswer } from "./check.js";
 export { evaluateShapes, encodePng } from "./evaluate.js";
 export type { EvalCategory, ShapesEvalOptions, ShapesEvalRecord, ShapesEvalResult } from "./evaluate.js";
+export {
+  SEGMENT_PROMPT_KINDS,
+  evaluateSegmentation,
+  maskIou,
+  type IouSummary,
+  type SegmentEvalOptions,
+  type SegmentEvalRecord,
+  type SegmentEvalResult,
+  type SegmentPromptKind,
+  type Segments,
+} from "./evaluate-segment.js";

@@ -9,6 +9,7 @@ export {
   type DecodedImage,
 } from "./decode.js";
 export { regionToMask, boxToMask, alphaToMask, ALPHA_REGION_THRESHOLD } from "./region.js";
+export { encodeMaskPng } from "./mask-png.js";
 export { rasterizePolygons } from "./polygon.js";
 export { decodeRle, encodeRle, decodeRleString, encodeRleString, maskToRleCounts } from "./rle.js";
 export { pillowResize, pillowResizeBicubic, type PillowFilter } from "./pillow-resize.js";

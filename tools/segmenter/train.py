@@ -171,7 +171,9 @@ def train(args) -> None:
     print(f"parameters: {n_params}", flush=True)
     t0 = time.time()
     for step in range(args.steps):
-        lr = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps)) if step > 100 else args.lr * step / 100
+        warm = args.warmup
+        cosine = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        lr = cosine if step >= warm else args.lr * step / warm
         for g in opt.param_groups:
             g["lr"] = lr
         loss, parts = losses(model, batch(step + args.step_offset, args.batch))
@@ -234,7 +236,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resume", default=None)
+    ap.add_argument("--resume", default=None, help="start from this state dict (e.g. a stage's segmenter.pth)")
+    ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (0 when resuming)")
     ap.add_argument("--scenes", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1000)
     args = ap.parse_args()

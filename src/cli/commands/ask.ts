@@ -44,7 +44,8 @@ export function register(program: Command): void {
     .addHelpText(
       "after",
       "\nWithout model flags the bundled default model (models/shapes) answers.\n" +
-        "Without --mask, --box, --polygon or --alpha the whole image is the region.",
+        "Without --mask, --box, --polygon, --alpha or --point the whole image is the region.\n" +
+        "--point x,y (repeatable; x,y,0 excludes) makes the region with the segmenter (SAM).",
     )
     .action(async (opts: AskCliOptions) => {
       const log = (m: string): void => {

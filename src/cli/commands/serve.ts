@@ -41,7 +41,8 @@ export async function pipelineFromConfig(config: ServerConfig, metrics: ServerMe
     conversationTtlMs: limits.conversationTtlMs,
     decodeLimits: { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels },
     onStage: (stage, ms) => metrics.observeStage(stage, ms / 1000),
-    onCache: (hit) => metrics.recordCache("vision_embeddings", hit),
+    onCache: (hit, cache) =>
+      metrics.recordCache(cache === "segmenter" ? "segmenter_embeddings" : "vision_embeddings", hit),
   });
 }
 
