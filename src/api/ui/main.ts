@@ -1,7 +1,8 @@
 /**
  * The chat UI: pick or paste an image, paint the region (brush / eraser / box) on a mask canvas of the
- * image's own size, ask; the answer streams in from POST /v1/regions/ask (server-sent events over
- * fetch, since EventSource cannot POST). Follow-ups reuse the conversation until the region changes.
+ * image's own size, or click points (include / Shift+click exclude) that POST /v1/regions/segment turns
+ * into the mask; ask; the answer streams in from POST /v1/regions/ask (server-sent events over fetch,
+ * since EventSource cannot POST). Follow-ups reuse the conversation until the region changes.
  */
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -12,6 +13,9 @@ const stage = $<HTMLDivElement>("stage");
 const imageCanvas = $<HTMLCanvasElement>("image-canvas");
 const maskCanvas = $<HTMLCanvasElement>("mask-canvas");
 const boxPreview = $<HTMLDivElement>("box-preview");
+const pointsLayer = $<HTMLDivElement>("points-layer");
+const pointTools = $<HTMLDivElement>("point-tools");
+const pointStatus = $<HTMLSpanElement>("point-status");
 const tools = $<HTMLDivElement>("tools");
 const brushSize = $<HTMLInputElement>("brush-size");
 const regionNote = $<HTMLSpanElement>("region-note");
@@ -24,6 +28,8 @@ const MASK_COLOUR = "#ffd60a";
 
 interface State {
   image?: Blob;
+  /** The original image as a data URL (for POST /v1/regions/segment), read once per image. */
+  imageDataUrl?: Promise<string>;
   conversationId?: string;
   busy: boolean;
   maskDirty: boolean;
@@ -45,6 +51,8 @@ async function loadImage(blob: Blob): Promise<void> {
     return;
   }
   state.image = blob;
+  state.imageDataUrl = undefined;
+  clearPoints();
   for (const c of [imageCanvas, maskCanvas]) {
     c.width = bitmap.width;
     c.height = bitmap.height;
@@ -86,9 +94,9 @@ document.addEventListener("paste", (e) => {
 // ---------- region drawing ----------
 
 const maskContext = () => maskCanvas.getContext("2d")!;
+type Tool = "brush" | "eraser" | "box" | "point";
 const currentTool = () =>
-  (document.querySelector<HTMLInputElement>('input[name="tool"]:checked')?.value ?? "brush") as
-    "brush" | "eraser" | "box";
+  (document.querySelector<HTMLInputElement>('input[name="tool"]:checked')?.value ?? "brush") as Tool;
 
 function clearMask(): void {
   maskContext().clearRect(0, 0, maskCanvas.width, maskCanvas.height);
@@ -129,7 +137,7 @@ function brushRadius(): number {
 }
 
 let drawing:
-  | { tool: "brush" | "eraser" | "box"; last: { x: number; y: number }; start: { x: number; y: number } }
+  | { tool: Exclude<Tool, "point">; last: { x: number; y: number }; start: { x: number; y: number } }
   | undefined;
 
 function stroke(
@@ -164,10 +172,15 @@ function showBoxPreview(a: { x: number; y: number }, b: { x: number; y: number }
 
 maskCanvas.addEventListener("pointerdown", (e) => {
   e.preventDefault();
-  maskCanvas.setPointerCapture(e.pointerId);
   const p = toImage(e);
-  drawing = { tool: currentTool(), last: p, start: p };
-  if (drawing.tool !== "box") stroke(p, p, drawing.tool);
+  const tool = currentTool();
+  if (tool === "point") {
+    if (e.button === 0) addPoint(p, e.shiftKey ? 0 : 1);
+    return;
+  }
+  maskCanvas.setPointerCapture(e.pointerId);
+  drawing = { tool, last: p, start: p };
+  if (tool !== "box") stroke(p, p, tool);
 });
 maskCanvas.addEventListener("pointermove", (e) => {
   if (!drawing) return;
@@ -192,7 +205,10 @@ function endDrawing(e: PointerEvent): void {
 }
 maskCanvas.addEventListener("pointerup", endDrawing);
 maskCanvas.addEventListener("pointercancel", endDrawing);
-$("clear-region").addEventListener("click", clearMask);
+$("clear-region").addEventListener("click", () => {
+  clearPoints();
+  clearMask();
+});
 
 /** The painted region as a black/white PNG of the image's size (white = region). */
 async function maskPng(): Promise<Blob> {
@@ -211,6 +227,184 @@ async function maskPng(): Promise<Blob> {
     out.toBlob((b) => (b ? resolve(b) : reject(new Error("could not encode the mask"))), "image/png"),
   );
 }
+
+// ---------- points: clicks the server's segmenter turns into the mask ----------
+
+interface ClickPoint {
+  /** Image pixels. */
+  x: number;
+  y: number;
+  /** 1 = include, 0 = exclude. */
+  label: 0 | 1;
+}
+
+interface SegmentResponse {
+  width: number;
+  height: number;
+  mask: { png: string };
+  score: number;
+  timings?: { embeddings_cached?: boolean };
+}
+
+const points: {
+  list: ClickPoint[];
+  /** The points the mask on the canvas came from: where a failed click goes back to. */
+  settled: ClickPoint[];
+  /** The request in flight (only the newest click's; a newer click aborts the older one). */
+  controller?: AbortController;
+  pending?: Promise<void>;
+} = { list: [], settled: [] };
+
+const POINT_HINT = "Click an object; Shift+click excludes.";
+
+function addPoint(p: { x: number; y: number }, label: 0 | 1): void {
+  // Whole pixels inside the image (the server accepts 0..width, 0..height).
+  const x = Math.min(maskCanvas.width, Math.max(0, Math.round(p.x)));
+  const y = Math.min(maskCanvas.height, Math.max(0, Math.round(p.y)));
+  points.list.push({ x, y, label });
+  renderPoints();
+  points.pending = segmentPoints();
+}
+
+/** Forgets the points (the mask stays) and drops the request in flight. */
+function clearPoints(): void {
+  points.controller?.abort();
+  points.controller = undefined;
+  points.list = [];
+  points.settled = [];
+  setSegmenting(false);
+  pointStatus.textContent = POINT_HINT;
+  renderPoints();
+}
+
+function renderPoints(): void {
+  pointsLayer.replaceChildren(
+    ...points.list.map((p) => {
+      const marker = document.createElement("span");
+      marker.className = `point ${p.label === 1 ? "include" : "exclude"}`;
+      marker.style.left = `${(p.x / maskCanvas.width) * 100}%`;
+      marker.style.top = `${(p.y / maskCanvas.height) * 100}%`;
+      return marker;
+    }),
+  );
+  showPointTools();
+}
+
+function showPointTools(): void {
+  pointTools.hidden = currentTool() !== "point" && points.list.length === 0;
+}
+for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="tool"]')) {
+  radio.addEventListener("change", showPointTools);
+}
+
+function setSegmenting(on: boolean): void {
+  stage.classList.toggle("segmenting", on);
+  stage.setAttribute("aria-busy", String(on));
+}
+
+function readImageDataUrl(image: Blob): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result as string);
+    reader.onerror = () => reject(reader.error ?? new Error("could not read the image"));
+    reader.readAsDataURL(image);
+  });
+}
+
+/** The server's mask PNG (one channel, 255 inside) as mask-canvas pixels of the canvas's size. */
+async function maskPixels(dataUrl: string): Promise<ImageData> {
+  const base64 = dataUrl.slice(dataUrl.indexOf(",") + 1);
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const bitmap = await createImageBitmap(new Blob([bytes], { type: "image/png" }), {
+    colorSpaceConversion: "none",
+    premultiplyAlpha: "none",
+  });
+  const { width, height } = maskCanvas;
+  const scratch = document.createElement("canvas");
+  scratch.width = width;
+  scratch.height = height;
+  const ctx = scratch.getContext("2d")!;
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(bitmap, 0, 0, width, height);
+  bitmap.close();
+  const src = ctx.getImageData(0, 0, width, height).data;
+  const out = new ImageData(width, height);
+  // The painted mask's own colour, opaque inside, transparent outside: to Ask it is a painted region.
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(MASK_COLOUR.slice(i, i + 2), 16));
+  for (let i = 0; i < src.length; i += 4) {
+    if (src[i] < 128) continue;
+    out.data[i] = r;
+    out.data[i + 1] = g;
+    out.data[i + 2] = b;
+    out.data[i + 3] = 255;
+  }
+  return out;
+}
+
+/** Sends the points; the answer replaces the mask. A failed click is taken back (points and mask stay). */
+async function segmentPoints(): Promise<void> {
+  points.controller?.abort();
+  const controller = new AbortController();
+  points.controller = controller;
+  const sent = points.list.slice();
+  const stale = () => controller.signal.aborted;
+  const fail = (message: string) => {
+    points.list = points.settled.slice();
+    renderPoints();
+    pointStatus.textContent = "That click did not give a region; the previous one is kept.";
+    showError(message);
+  };
+  setSegmenting(true);
+  pointStatus.textContent = "Finding the region…";
+  try {
+    if (!state.image) return;
+    state.imageDataUrl ??= readImageDataUrl(state.image);
+    const image = await state.imageDataUrl;
+    if (stale()) return;
+    const response = await fetch("v1/regions/segment", {
+      method: "POST",
+      headers: { ...authHeaders(), "content-type": "application/json" },
+      body: JSON.stringify({
+        image,
+        points: sent.map((p) => (p.label === 1 ? [p.x, p.y] : [p.x, p.y, 0])),
+      }),
+      signal: controller.signal,
+    });
+    let parsed: unknown;
+    try {
+      parsed = await response.json();
+    } catch {
+      parsed = undefined;
+    }
+    if (stale()) return;
+    if (!response.ok) return fail(explain(response.status, parsed));
+    const result = parsed as SegmentResponse;
+    const pixels = await maskPixels(result.mask.png);
+    if (stale()) return;
+    maskContext().putImageData(pixels, 0, 0);
+    points.settled = sent;
+    const cached = result.timings?.embeddings_cached ? " (image encoding cached)" : "";
+    pointStatus.textContent = `Score ${result.score.toFixed(2)}${cached}`;
+    regionChanged();
+  } catch {
+    if (!stale()) fail("Could not reach the server to find the region. Check that it is running.");
+  } finally {
+    if (points.controller === controller) {
+      points.controller = undefined;
+      setSegmenting(false);
+    }
+  }
+}
+
+/** Waits for the newest click's mask (so that Ask uses it); never rejects. */
+async function pointsSettled(): Promise<void> {
+  while (points.controller && points.pending) await points.pending;
+}
+
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && (points.list.length > 0 || points.controller)) clearPoints();
+});
+$("clear-points").addEventListener("click", clearPoints);
 
 // ---------- conversation ----------
 
@@ -242,7 +436,9 @@ function resetConversation(): void {
 }
 
 $("start-over").addEventListener("click", () => {
+  clearPoints();
   state.image = undefined;
+  state.imageDataUrl = undefined;
   resetConversation();
   stage.hidden = true;
   tools.hidden = true;
@@ -375,11 +571,14 @@ form.addEventListener("submit", (e) => {
   askButton.disabled = true;
   addMessage("user", text);
   question.value = "";
-  send(text).finally(() => {
-    state.busy = false;
-    askButton.disabled = false;
-    question.focus();
-  });
+  // A click still being segmented: ask about its region, not the one before it.
+  pointsSettled()
+    .then(() => send(text))
+    .finally(() => {
+      state.busy = false;
+      askButton.disabled = false;
+      question.focus();
+    });
 });
 question.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) {
