@@ -42,8 +42,8 @@ function iou(a: Mask, b: Mask): number {
 
 async function pngMask(dataUrl: string): Promise<Mask> {
   const png = Buffer.from(dataUrl.replace(/^data:image\/png;base64,/, ""), "base64");
-  const { data, info } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
-  expect(info.channels).toBe(1);
+  expect((await sharp(png).metadata()).channels).toBe(1);
+  const { data, info } = await sharp(png).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
   return { width: info.width, height: info.height, data: Uint8Array.from(data, (v) => (v === 255 ? 1 : 0)) };
 }
 
@@ -137,13 +137,13 @@ describe("points as a region in the question routes", () => {
   });
 
   it("caption and the chat completions region extension accept points", async () => {
-    const caption = await json(
-      await postJson(server, "/v1/regions/caption", {
-        image: imageB64,
-        regions: [{ points: [redCentre] }, { points: [[150, 60]], box: [145, 55, 219, 129] }],
-        max_tokens: 16,
-      }),
-    );
+    const captionRes = await postJson(server, "/v1/regions/caption", {
+      image: imageB64,
+      regions: [{ points: [redCentre] }, { points: [[182, 70]], box: [145, 55, 219, 129] }],
+      max_tokens: 16,
+    });
+    const caption = await json(captionRes);
+    expect(caption.error).toBeUndefined();
     expect(caption.captions[0].caption).toMatch(/red square/i);
     expect(caption.captions[1].caption).toMatch(/blue circle/i);
     const chat = await json(

@@ -101,7 +101,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     if (!this.segmenter) throw new RegionVqaError("segmenter_not_installed", NO_SEGMENTER_MESSAGE);
     const t0 = performance.now();
     try {
-      const result = await this.segmenter.segment(image, prompt, options.imageKey);
+      const result = await this.segmenter.segment(image, prompt, options);
       this.options.onCache(result.timings.embeddingsCached, "segmenter");
       return result;
     } finally {

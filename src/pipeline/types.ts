@@ -1,6 +1,6 @@
 import type { ByteLruStats } from "../common/lru-cache.js";
 import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
-import type { SegmentPrompt, SegmentResult } from "../segmenter/types.js";
+import type { SegmentOptions, SegmentPrompt, SegmentResult } from "../segmenter/types.js";
 import type { Region, RgbImage } from "../vision/types.js";
 
 export type * from "../llm/types.js";
@@ -39,10 +39,7 @@ export interface PipelineStats {
   segmenterCache?: ByteLruStats;
 }
 
-export interface SegmentOptions {
-  /** A content key of the image (e.g. a hash of its encoded bytes); default: a hash of its pixels. */
-  imageKey?: string;
-}
+export type { SegmentOptions } from "../segmenter/types.js";
 
 /** What `src/api` and the CLI use: the composed vision -> projector -> LLM pipeline. */
 export interface RegionVqaPipeline {

@@ -29,6 +29,7 @@ import type {
   SamFrame,
   SegmentCandidate,
   SegmentPrompt,
+  SegmentOptions,
   SegmentResult,
   SegmenterConfig,
 } from "./types.js";
@@ -224,16 +225,17 @@ export class SamSegmenter {
 
   /**
    * Clicks and/or a box on an image -> its mask (the candidate with the highest predicted IoU) and
-   * every candidate. Throws `point_invalid`, `point_outside_image`, `too_many_points`, `box_invalid`
-   * for bad prompts and `segment_empty` when the chosen mask covers no pixel.
+   * every candidate's score (and mask, with `allCandidates`). Throws `point_invalid`,
+   * `point_outside_image`, `too_many_points`, `box_invalid` for bad prompts and `segment_empty` when
+   * the chosen mask covers no pixel.
    */
   async segment(
     image: RgbImage,
     prompt: SegmentPrompt,
-    key: string = imageKey(image),
+    options: SegmentOptions = {},
   ): Promise<SegmentResult> {
     checkPrompt(prompt, image.width, image.height);
-    const { cached, hit, ms: encodeMs } = await this.encode(image, key);
+    const { cached, hit, ms: encodeMs } = await this.encode(image, options.imageKey ?? imageKey(image));
     const tensors = encodePrompt(prompt, cached.frame, this.boxInput);
     const feeds: Record<string, WireTensor> = {
       input_points: tensors.input_points,
@@ -249,32 +251,32 @@ export class SamSegmenter {
     const decodeMs = performance.now() - t0;
 
     const t1 = performance.now();
-    const logits = out.pred_masks.data as Float32Array;
     const M = this.config.maskSize;
-    const count = out.pred_masks.dims[2] ?? 1;
-    if (out.pred_masks.dims.length !== 5 || out.pred_masks.dims[3] !== M || out.pred_masks.dims[4] !== M) {
+    const dims = out.pred_masks.dims;
+    if (dims.length !== 5 || dims[3] !== M || dims[4] !== M) {
       throw new RegionVqaError(
         "model_mismatch",
-        `The decoder returned pred_masks [${out.pred_masks.dims.join(", ")}]; the manifest says [1, 1, K, ${M}, ${M}].`,
+        `The decoder returned pred_masks [${dims.join(", ")}]; the manifest says [1, 1, K, ${M}, ${M}].`,
       );
     }
+    const count = dims[2];
+    const logits = out.pred_masks.data as Float32Array;
     const scores = out.iou_scores
-      ? Array.from(out.iou_scores.data as Float32Array)
+      ? Array.from((out.iou_scores.data as Float32Array).subarray(0, count))
       : new Array<number>(count).fill(0);
-    const candidates: SegmentCandidate[] = [];
-    for (let k = 0; k < count; k++) {
-      const full = logitsToImage(logits.subarray(k * M * M, (k + 1) * M * M), cached.frame, this.config);
-      const { mask, area } = thresholdLogits(full, image.width, image.height);
-      candidates.push({ mask, area, score: scores[k] });
-    }
     let index = 0;
-    for (let k = 1; k < count; k++) if (candidates[k].score > candidates[index].score) index = k;
+    for (let k = 1; k < count; k++) if (scores[k] > scores[index]) index = k;
+    const candidates: SegmentCandidate[] = scores.map((score, k) => {
+      if (k !== index && !options.allCandidates) return { score };
+      const full = logitsToImage(logits.subarray(k * M * M, (k + 1) * M * M), cached.frame, this.config);
+      return { score, ...thresholdLogits(full, image.width, image.height) };
+    });
     const objectScore = out.object_score_logits
       ? (out.object_score_logits.data as Float32Array)[0]
       : undefined;
     const postprocessMs = performance.now() - t1;
     const best = candidates[index];
-    if (best.area === 0) {
+    if (!best.mask || !best.area) {
       throw new RegionVqaError(
         "segment_empty",
         "The segmenter found no object at the given points (the mask is empty); click inside an object.",
@@ -284,6 +286,7 @@ export class SamSegmenter {
     return {
       mask: best.mask,
       score: best.score,
+      area: best.area,
       index,
       candidates,
       objectScore,

@@ -48,17 +48,29 @@ export interface SamFrame {
 export type ImageEmbeddings = Record<string, Tensor>;
 
 export interface SegmentCandidate {
-  mask: Mask;
   /** The decoder's predicted IoU for this mask. */
   score: number;
-  /** Pixels inside. */
-  area: number;
+  /** The mask at the image's size and its pixel count: always for the chosen one, for the others on request. */
+  mask?: Mask;
+  area?: number;
+}
+
+export interface SegmentOptions {
+  /** The image's content key (e.g. a hash of its encoded bytes); default: a hash of its pixels. */
+  imageKey?: string;
+  /**
+   * Upsample every candidate to the image's size, not only the chosen one (the upsampling costs about
+   * as much as the decoder on photo-sized images, so it is skipped unless asked for).
+   */
+  allCandidates?: boolean;
 }
 
 export interface SegmentResult {
   /** The candidate with the highest predicted IoU. */
   mask: Mask;
   score: number;
+  /** Pixels inside `mask`. */
+  area: number;
   /** Which candidate `mask` is. */
   index: number;
   /** Every candidate mask, in the decoder's order. */

@@ -8,6 +8,8 @@ export async function encodeMaskPng(mask: Mask): Promise<Uint8Array> {
   const png = await sharp(Buffer.from(grey.buffer, grey.byteOffset, grey.byteLength), {
     raw: { width: mask.width, height: mask.height, channels: 1 },
   })
+    // Without this sharp writes three identical channels.
+    .toColourspace("b-w")
     .png()
     .toBuffer();
   return new Uint8Array(png);

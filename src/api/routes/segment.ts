@@ -136,7 +136,7 @@ const segmentRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) 
         lease.throwIfAborted();
         const prompt: SegmentPrompt = { points: spec.points, box: spec.box };
         const imageKey = createHash("sha256").update(image).digest("hex");
-        const result = await p.segment!(decoded, prompt, { imageKey });
+        const result = await p.segment!(decoded, prompt, { imageKey, allCandidates: true });
         lease.throwIfAborted();
         return {
           model: p.models.segmenter ?? p.models.id,
@@ -146,13 +146,13 @@ const segmentRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) 
           score: result.score,
           index: result.index,
           ...(result.objectScore !== undefined ? { object_score: result.objectScore } : {}),
-          area: result.candidates[result.index].area,
+          area: result.area,
           candidates: await Promise.all(
             result.candidates.map(async (c, index) => ({
               index,
               score: c.score,
               area: c.area,
-              mask: await maskJson(c.mask),
+              mask: await maskJson(c.mask!),
             })),
           ),
           timings: {

@@ -61,13 +61,13 @@ export function register(program: Command): void {
         threads,
       });
       try {
-        const result = await segmenter.segment(image, { points, box });
+        const result = await segmenter.segment(image, { points, box }, { allCandidates: opts.json });
         await writeFile(opts.out, await encodeMaskPng(result.mask));
         if (opts.json) {
           const summary = {
             score: result.score,
             index: result.index,
-            area: result.candidates[result.index].area,
+            area: result.area,
             objectScore: result.objectScore,
             candidates: result.candidates.map((c) => ({ score: c.score, area: c.area })),
             timings: result.timings,
