@@ -1,6 +1,6 @@
 /**
  * region-vqa as a library: the composed pipeline, the HTTP server, each stage on its own (Alpha-CLIP
- * encoder, LLaVA projector, LLaVA language model), model helpers and the error type. The CLI
+ * encoder, LLaVA projector, LLaVA language model, SAM segmenter), model helpers and the error type. The CLI
  * (`region-vqa`) is built on exactly these.
  */
 export {
@@ -32,12 +32,21 @@ export {
   type Box,
   type CocoRle,
   type EncoderOutput,
+  encodeMaskPng,
   type Mask,
+  type PointPrompt,
   type Polygon,
   type Region,
   type RgbImage,
 } from "./vision/index.js";
 export { LlavaProjector, readMmprojProjector } from "./projector/index.js";
+export {
+  SamSegmenter,
+  type SegmentOptions,
+  type SegmentPrompt,
+  type SegmentResult,
+  type SegmenterLoadOptions,
+} from "./segmenter/index.js";
 export { LlavaModel, LlavaConversation, type LlavaModelOptions } from "./llm/index.js";
 export { OnnxSession, type OrtDevice } from "./common/ort/index.js";
 export {

@@ -7,20 +7,12 @@ import os from "node:os";
 import path from "node:path";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { encodePng, renderScene, type Scene } from "../src/shapes/index.js";
+import { encodePng, maskIou } from "../src/shapes/index.js";
+import { blueCentre, pointSceneImage, pointSceneMasks, redCentre } from "./support/point-scene.js";
 import { runCli } from "./support/run-cli.js";
 
-const scene: Scene = {
-  seed: 0,
-  index: 0,
-  width: 240,
-  height: 180,
-  objects: [
-    { shape: "square", colour: "red", x0: 30, y0: 50, size: 60 },
-    { shape: "star", colour: "green", x0: 140, y0: 50, size: 80 },
-  ],
-};
-const { image, masks } = renderScene(scene);
+const image = pointSceneImage;
+const masks = pointSceneMasks;
 
 let dir: string;
 let imagePath: string;
@@ -41,7 +33,7 @@ describe("region-vqa segment", () => {
       "--image",
       imagePath,
       "--point",
-      "60,80",
+      redCentre.join(","),
       "--out",
       out,
       "--threads",
@@ -52,25 +44,27 @@ describe("region-vqa segment", () => {
     const score = Number(r.stdout.trim());
     expect(Number.isFinite(score)).toBe(true);
     expect(score).toBeGreaterThan(0.5);
-    const { data, info } = await sharp(await readFile(out))
-      .raw()
-      .toBuffer({ resolveWithObject: true });
-    expect([info.width, info.height, info.channels]).toEqual([240, 180, 1]);
+    const png = await readFile(out);
+    const meta = await sharp(png).metadata();
+    expect([meta.width, meta.height, meta.channels]).toEqual([240, 180, 1]);
+    const { data } = await sharp(png).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
     expect(new Set(data)).toEqual(new Set([0, 255]));
-    let inter = 0;
-    let union = 0;
-    masks[0].data.forEach((t, i) => {
-      const m = data[i] === 255;
-      if (m && t) inter++;
-      if (m || t) union++;
-    });
-    expect(inter / union).toBeGreaterThan(0.9);
+    const mask = { width: 240, height: 180, data: Uint8Array.from(data, (v) => (v === 255 ? 1 : 0)) };
+    expect(maskIou(mask, masks[0])).toBeGreaterThan(0.9);
   });
 
   it("--json gives the candidates and timings; bad points exit non-zero with the error code", async () => {
     const out = path.join(dir, "star.png");
     const r = await runCli([
-      ...["segment", "--image", imagePath, "--point", "180,90", "--point", "60,80,0"],
+      ...[
+        "segment",
+        "--image",
+        imagePath,
+        "--point",
+        blueCentre.join(","),
+        "--point",
+        `${redCentre.join(",")},0`,
+      ],
       ...["--out", out, "--json", "--threads", "1"],
     ]);
     expect(r.code).toBe(0);
@@ -94,14 +88,14 @@ describe("region-vqa ask --point", () => {
         "--image",
         imagePath,
         "--point",
-        "180,90",
+        blueCentre.join(","),
         "--question",
         "What is in the highlighted region?",
       ],
       ...["--max-tokens", "16", "--device", "cpu", "--gpu", "false", "--threads", "1"],
     ]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/green star/i);
+    expect(r.stdout).toMatch(/blue circle/i);
   });
 
   it("--box with --refine segments the box's object", async () => {

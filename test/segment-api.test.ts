@@ -6,39 +6,24 @@
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ServerMetrics } from "../src/api/metrics.js";
-import { resolveModelOptions } from "../src/models/index.js";
-import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { renderScene, type Scene } from "../src/shapes/index.js";
+import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { decodeRle, type Mask } from "../src/vision/index.js";
-import { encodePng } from "../src/shapes/index.js";
+import { encodePng, maskIou } from "../src/shapes/index.js";
+import {
+  blueCentre,
+  bundledPipelineWithSegmenter,
+  pointSceneImage,
+  pointSceneMasks,
+  redCentre,
+} from "./support/point-scene.js";
 import { json, postJson, startServer, type RunningServer } from "./support/server.js";
 import { ScriptedPipeline } from "./support/scripted-pipeline.js";
 import { injectServer } from "./support/server.js";
 
-/** A shapes-world picture: a red square at the left, a blue circle at the right. */
-const scene: Scene = {
-  seed: 0,
-  index: 0,
-  width: 240,
-  height: 180,
-  objects: [
-    { shape: "square", colour: "red", x0: 30, y0: 50, size: 60 },
-    { shape: "circle", colour: "blue", x0: 150, y0: 60, size: 64 },
-  ],
-};
-const { image: rgb, masks } = renderScene(scene);
-const redCentre = [60, 80];
-const blueCentre = [182, 92];
+const rgb = pointSceneImage;
+const masks = pointSceneMasks;
 
-function iou(a: Mask, b: Mask): number {
-  let inter = 0;
-  let union = 0;
-  for (let i = 0; i < a.data.length; i++) {
-    if (a.data[i] && b.data[i]) inter++;
-    if (a.data[i] || b.data[i]) union++;
-  }
-  return inter / union;
-}
+const iou = maskIou;
 
 async function pngMask(dataUrl: string): Promise<Mask> {
   const png = Buffer.from(dataUrl.replace(/^data:image\/png;base64,/, ""), "base64");
@@ -53,11 +38,8 @@ let metrics: ServerMetrics;
 let imageB64: string;
 
 beforeAll(async () => {
-  const models = await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu", gpu: false });
-  expect(models.segmenter).toMatch(/models\/shapes\/segmenter$/);
   metrics = new ServerMetrics({ collectProcessMetrics: false });
-  pipeline = await createPipeline({
-    ...models,
+  pipeline = await bundledPipelineWithSegmenter({
     maxConversations: 4,
     onStage: (stage, ms) => metrics.observeStage(stage, ms / 1000),
     onCache: (hit, cache) =>

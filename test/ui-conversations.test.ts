@@ -4,54 +4,37 @@
  * the LLM's few sequences until it expires. Real browser (Debian's chromium via playwright-core),
  * real server and pipeline on the small real models. Chromium is required: without it this FAILS.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import { type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
-import { repoRoot } from "./support/tiny-models.js";
-
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const uiRoot = path.join(repoRoot, "dist", "ui");
+import { buildUiFromSources, openChromium, uiRoot } from "./support/browser.js";
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
 let browser: BrowserContext;
-let userDataDir: string;
+let chrome: Awaited<ReturnType<typeof openChromium>>;
 let imagePath: string;
 
 beforeAll(async () => {
-  if (!existsSync(chromiumPath)) {
-    throw new Error(`The browser test needs chromium at ${chromiumPath} (or set CHROMIUM_PATH).`);
-  }
-  // Build the UI from its sources so that the test runs what the sources say.
-  execFileSync(
-    process.execPath,
-    [path.join(repoRoot, "node_modules/vite/bin/vite.js"), "build", "--config", "src/api/ui/vite.config.ts"],
-    { cwd: repoRoot, stdio: "pipe" },
-  );
+  chrome = await openChromium();
+  browser = chrome.browser;
+  buildUiFromSources();
   pipeline = await realPipeline();
   server = await startServer(pipeline, { limits: { maxTokens: 4 } }, { uiRoot });
   const dir = path.join(os.tmpdir(), "region-vqa-ui-conversations");
   mkdirSync(dir, { recursive: true });
   imagePath = path.join(dir, "input.png");
   writeFileSync(imagePath, await makeImage(160, 120));
-  userDataDir = mkdtempSync(path.join(os.tmpdir(), "region-vqa-chromium-"));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: chromiumPath,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
-  });
 });
 
 afterAll(async () => {
-  await browser?.close();
+  await chrome?.close();
   await server?.close();
   await pipeline?.dispose();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
 async function stroke(page: Page, from: [number, number], to: [number, number]): Promise<void> {

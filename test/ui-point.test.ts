@@ -6,83 +6,57 @@
  * exclude click, a stale response overtaken by a newer click, Escape, and a touch-up with the brush.
  * Chromium is required: without it this test FAILS (CI installs it), it never skips.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import { type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { resolveModelOptions } from "../src/models/index.js";
-import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { encodePng, renderScene, type Scene } from "../src/shapes/index.js";
+import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
+import { encodePng } from "../src/shapes/index.js";
 import { encodeMaskPng } from "../src/vision/index.js";
+import {
+  askFormFields,
+  buildUiFromSources,
+  openChromium,
+  recordFormFields,
+  uiArtifacts,
+  uiRoot,
+} from "./support/browser.js";
+import {
+  background,
+  blueCentre,
+  bundledPipelineWithSegmenter,
+  pointScene,
+  pointSceneImage,
+  pointSceneMasks,
+  redCentre,
+} from "./support/point-scene.js";
 import { startServer, type RunningServer } from "./support/server.js";
-import { repoRoot } from "./support/tiny-models.js";
 
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const artifacts = path.join(repoRoot, "test", "artifacts");
-const uiRoot = path.join(repoRoot, "dist", "ui");
+const artifacts = uiArtifacts;
 
-/** A shapes-world picture: a red square at the left, a blue circle at the right. */
-const scene: Scene = {
-  seed: 0,
-  index: 0,
-  width: 240,
-  height: 180,
-  objects: [
-    { shape: "square", colour: "red", x0: 30, y0: 50, size: 60 },
-    { shape: "circle", colour: "blue", x0: 150, y0: 60, size: 64 },
-  ],
-};
-const { image: rgb, masks } = renderScene(scene);
-const [squareMask, circleMask] = masks;
-const redCentre: [number, number] = [60, 80];
-const blueCentre: [number, number] = [182, 92];
-const background: [number, number] = [8, 8];
+const scene = pointScene;
+const rgb = pointSceneImage;
+const [squareMask, circleMask] = pointSceneMasks;
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
 let browser: BrowserContext;
-let userDataDir: string;
+let chrome: Awaited<ReturnType<typeof openChromium>>;
 let imagePng: Buffer;
 
 beforeAll(async () => {
-  if (!existsSync(chromiumPath)) {
-    throw new Error(
-      `The browser test needs chromium at ${chromiumPath} (apt-get install chromium, or set CHROMIUM_PATH).`,
-    );
-  }
-  // Build the UI from its sources so that the test runs what the sources say.
-  execFileSync(
-    process.execPath,
-    [path.join(repoRoot, "node_modules/vite/bin/vite.js"), "build", "--config", "src/api/ui/vite.config.ts"],
-    { cwd: repoRoot, stdio: "pipe" },
-  );
-  const models = await resolveModelOptions({ visionThreads: 1, llmThreads: 1, device: "cpu", gpu: false });
-  expect(models.segmenter).toMatch(/models\/shapes\/segmenter$/);
-  pipeline = await createPipeline({ ...models, maxConversations: 2 });
+  chrome = await openChromium();
+  browser = chrome.browser;
+  buildUiFromSources();
+  pipeline = await bundledPipelineWithSegmenter({ maxConversations: 2 });
   server = await startServer(pipeline, { limits: { maxTokens: 16 } }, { uiRoot });
   imagePng = Buffer.from(await encodePng(rgb));
-  userDataDir = mkdtempSync(path.join(os.tmpdir(), "region-vqa-chromium-"));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--no-first-run",
-    ],
-  });
 }, 300_000);
 
 afterAll(async () => {
-  await browser?.close();
+  await chrome?.close();
   await server?.close();
   await pipeline?.dispose();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
 /** Where image pixel (x, y) is on the page. */
@@ -144,15 +118,7 @@ describe("chat UI Point tool with the bundled segmenter in chromium", () => {
     mkdirSync(artifacts, { recursive: true });
     const page = await browser.newPage();
     await page.setViewportSize({ width: 1100, height: 760 });
-    // Record the form fields the UI sends to /ask (playwright cannot show multipart bodies with files).
-    await page.addInitScript(`(() => {
-      const original = window.fetch;
-      window.__askForms = [];
-      window.fetch = (url, init) => {
-        if (init && init.body instanceof FormData) window.__askForms.push([...init.body.keys()]);
-        return original(url, init);
-      };
-    })()`);
+    await recordFormFields(page);
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
     const segmentBodies: Array<{ image: string; points: number[][] }> = [];
@@ -189,7 +155,7 @@ describe("chat UI Point tool with the bundled segmenter in chromium", () => {
     const answer = page.locator("#messages li.assistant[data-done=true]").first();
     await answer.waitFor({ timeout: 60_000 });
     expect(await answer.textContent()).toMatch(/red/i);
-    const forms = (await page.evaluate("window.__askForms")) as string[][];
+    const forms = await askFormFields(page);
     expect(forms[0]).toEqual(expect.arrayContaining(["image", "mask", "question"]));
     await page.screenshot({ path: path.join(artifacts, "ui-point.png"), fullPage: true });
 

@@ -3,63 +3,41 @@
  * and pipeline on small real models: upload an image, paint a region, ask, see the answer stream in,
  * ask a follow-up. Chromium is required: without it this test FAILS (CI installs it), it never skips.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { chromium, type BrowserContext } from "playwright-core";
+import { type BrowserContext } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { makeImage, realPipeline, startServer, type RunningServer } from "./support/server.js";
+import {
+  askFormFields,
+  buildUiFromSources,
+  openChromium,
+  recordFormFields,
+  uiArtifacts,
+  uiRoot,
+} from "./support/browser.js";
 import { repoRoot } from "./support/tiny-models.js";
 
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const artifacts = path.join(repoRoot, "test", "artifacts");
-const uiRoot = path.join(repoRoot, "dist", "ui");
+const artifacts = uiArtifacts;
 
 let pipeline: LocalRegionVqaPipeline;
 let server: RunningServer;
 let browser: BrowserContext;
-let userDataDir: string;
+let chrome: Awaited<ReturnType<typeof openChromium>>;
 
 beforeAll(async () => {
-  if (!existsSync(chromiumPath)) {
-    throw new Error(
-      `The browser test needs chromium at ${chromiumPath} (apt-get install chromium, or set CHROMIUM_PATH).`,
-    );
-  }
-  // Build the UI from its sources so that the test runs what the sources say.
-  execFileSync(
-    process.execPath,
-    [path.join(repoRoot, "node_modules/vite/bin/vite.js"), "build", "--config", "src/api/ui/vite.config.ts"],
-    {
-      cwd: repoRoot,
-      stdio: "pipe",
-    },
-  );
+  chrome = await openChromium();
+  browser = chrome.browser;
+  buildUiFromSources();
   pipeline = await realPipeline();
   server = await startServer(pipeline, { limits: { maxTokens: 10 } }, { uiRoot });
-  userDataDir = mkdtempSync(path.join(os.tmpdir(), "region-vqa-chromium-"));
-  // A fresh profile per run; playwright passes it as --user-data-dir.
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--no-first-run",
-    ],
-  });
 });
 
 afterAll(async () => {
-  await browser?.close();
+  await chrome?.close();
   await server?.close();
   await pipeline?.dispose();
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
 describe("chat UI in chromium", () => {
@@ -70,15 +48,7 @@ describe("chat UI in chromium", () => {
 
     const page = await browser.newPage();
     await page.setViewportSize({ width: 1100, height: 760 });
-    // Record the form fields the UI sends (playwright cannot show multipart bodies with files).
-    await page.addInitScript(`(() => {
-      const original = window.fetch;
-      window.__askForms = [];
-      window.fetch = (url, init) => {
-        if (init && init.body instanceof FormData) window.__askForms.push([...init.body.keys()]);
-        return original(url, init);
-      };
-    })()`);
+    await recordFormFields(page);
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
     const askRequests: Array<{ contentType: string; body: string }> = [];
@@ -117,7 +87,7 @@ describe("chat UI in chromium", () => {
     const answer = page.locator("#messages li.assistant[data-done=true]").first();
     await answer.waitFor({ timeout: 60_000 });
     expect(askRequests[0].contentType).toMatch(/^multipart\/form-data/);
-    const forms = (await page.evaluate("window.__askForms")) as string[][];
+    const forms = await askFormFields(page);
     expect(forms[0]).toEqual(expect.arrayContaining(["image", "mask", "question", "stream"]));
     const text = (await answer.textContent()) ?? "";
     expect(text.length).toBeGreaterThan(0);

@@ -105,9 +105,7 @@ export class RegionEmbedder {
 
   /** Where it runs, for logs and /readyz: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
   get device(): string {
-    return this.encoder.adapter
-      ? `${this.encoder.provider} (${this.encoder.adapter})`
-      : this.encoder.provider;
+    return this.encoder.device;
   }
 
   /** Throws `model_mismatch` unless the embeddings are as wide as the LLM's token embeddings. */

@@ -173,10 +173,9 @@ export class SamSegmenter {
   get provider(): OrtProvider {
     return this.encoder.provider;
   }
+  /** Where it runs: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
   get device(): string {
-    return this.encoder.adapter
-      ? `${this.encoder.provider} (${this.encoder.adapter})`
-      : this.encoder.provider;
+    return this.encoder.device;
   }
   /** Whether the decoder takes a box (SAM 2 exports do, SAM 1 exports do not). */
   get acceptsBoxes(): boolean {

@@ -115,6 +115,10 @@ export class AlphaClipEncoder {
     return this.session.provider;
   }
   /** WebGPU: the adapter's name. */
+  /** Where it runs: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
+  get device(): string {
+    return this.session.device;
+  }
   get adapter(): string | undefined {
     return this.session.adapter;
   }

@@ -121,6 +121,11 @@ export class OnnxSession {
    * One run, queued behind earlier ones. The inputs' buffers are transferred to the worker (they are
    * detached afterwards): pass arrays the caller does not need again.
    */
+  /** Where it runs, for logs and /readyz: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
+  get device(): string {
+    return this.adapter ? `${this.provider} (${this.adapter})` : this.provider;
+  }
+
   async run(inputs: Outputs): Promise<Outputs> {
     if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
     if (this.failure) throw this.failure;
