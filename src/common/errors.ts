@@ -22,6 +22,12 @@ export type ErrorCode =
   | "too_many_points"
   | "segment_empty"
   | "segmenter_not_installed"
+  // labels and text (zero-shot classification, embeddings)
+  | "labels_invalid"
+  | "too_many_labels"
+  | "label_too_long"
+  | "embedding_mismatch"
+  | "text_model_not_installed"
   // requests
   | "invalid_request"
   | "route_not_found"
