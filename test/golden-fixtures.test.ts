@@ -21,7 +21,14 @@ function listedHashes(readme: string): Map<string, string> {
 const sha256 = (file: string) => createHash("sha256").update(readFileSync(file)).digest("hex");
 
 describe("golden fixtures", () => {
-  for (const folder of ["", "alpha-clip-tiny", "llava-projector-tiny"]) {
+  for (const folder of [
+    "",
+    "alpha-clip-tiny",
+    "llava-projector-tiny",
+    "clip-text-tiny",
+    "clip-tokenizer",
+    "mini-sam",
+  ]) {
     it(`${folder || "top level"}: every file is listed with its true sha256`, () => {
       const dir = path.join(goldenDir, folder);
       const listed = listedHashes(path.join(dir, "README.md"));

@@ -12,6 +12,8 @@ const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/models.js"),
   () => import("./commands/convert-vision.js"),
   () => import("./commands/convert-projector.js"),
+  () => import("./commands/convert-text.js"),
+  () => import("./commands/embed-text.js"),
   () => import("./commands/serve.js"),
   () => import("./commands/eval-shapes.js"),
   () => import("./commands/eval-segment.js"),

@@ -3,7 +3,12 @@
  * `kind` says what the folder holds; `config` is kind-specific.
  */
 export type ModelKind =
-  "alpha-clip-vision" | "llava-projector" | "alpha-clip-llava-fused" | "llm-gguf" | "sam-segmenter";
+  | "alpha-clip-vision"
+  | "llava-projector"
+  | "alpha-clip-llava-fused"
+  | "llm-gguf"
+  | "sam-segmenter"
+  | "clip-text";
 
 export interface ManifestFile {
   /** Path relative to the folder. */

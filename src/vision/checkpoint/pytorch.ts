@@ -1,5 +1,6 @@
 /**
- * Reads state dicts saved by `torch.save` (zip format, torch >= 1.6). The pickle in `<top>/data.pkl`
+ * Reads state dicts saved by `torch.save` (zip format, torch >= 1.6), and the parameters of TorchScript
+ * archives (`torch.jit.save`, same zip layout, module tree in data.pkl). The pickle in `<top>/data.pkl`
  * is parsed with `pickleparser`; torch's classes are replaced by inert descriptions through its
  * name-resolver hook (no code from the file is ever run), and storages come through its
  * persistent-id hook as references to the zip entries `<top>/data/<key>`, read only when a tensor is.
@@ -90,8 +91,40 @@ function invalid(file: string, why: string, details: Record<string, unknown> = {
   return new RegionVqaError("checkpoint_invalid", `${file}: ${why}`, { path: file, ...details });
 }
 
+/**
+ * A TorchScript archive (`torch.jit.save`, e.g. OpenAI's CLIP `.pt` files) pickles the module tree
+ * instead of a dict: each module is an object of a `__torch__.*` class (pickleparser makes an inert
+ * placeholder object for it) whose attributes are its tensors, its child modules and plain values.
+ * Joining attribute names with "." gives the state-dict keys.
+ */
+function isScriptModule(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== "object" || value === null) return false;
+  const moduleName = (value as { __module__?: unknown }).__module__;
+  return typeof moduleName === "string" && moduleName.startsWith("__torch__");
+}
+
+function flattenScriptModule(root: Record<string, unknown>): Map<string, unknown> {
+  const out = new Map<string, unknown>();
+  const seen = new Set<unknown>();
+  const walk = (obj: Record<string, unknown>, prefix: string) => {
+    if (seen.has(obj)) return;
+    seen.add(obj);
+    for (const [name, value] of Object.entries(obj)) {
+      if (value instanceof TensorRef) {
+        if (!out.has(prefix + name)) out.set(prefix + name, value);
+      } else if (isScriptModule(value)) walk(value, `${prefix}${name}.`);
+    }
+  };
+  walk(root, "");
+  return out;
+}
+
 /** Find the tensor dictionary: the top object, or one nested under "state_dict" / "model". */
 function findTensorDict(root: unknown): Map<string, unknown> | undefined {
+  if (isScriptModule(root)) {
+    const flat = flattenScriptModule(root);
+    return flat.size > 0 ? flat : undefined;
+  }
   if (!(root instanceof Map)) return undefined;
   const hasTensors = (m: Map<unknown, unknown>) => [...m.values()].some((v) => v instanceof TensorRef);
   if (hasTensors(root)) return root as Map<string, unknown>;
@@ -181,7 +214,7 @@ function readPytorchZip(zip: ZipFile): StateDict {
     },
     read: (key) => readTensor(zip, top, key, get(key)),
     close: () => zip.close(),
-    source: { path: file, format: "pytorch-zip" },
+    source: { path: file, format: isScriptModule(root) ? "torchscript" : "pytorch-zip" },
   };
 }
 

@@ -8,9 +8,10 @@
  *   llava_features = hidden state after block L-1, CLS dropped: [batch, G*G, W] (what LLaVA projects)
  *   image_embed    = ln_post(CLS after block L) @ proj: [batch, D]
  */
-import { floatAttr, type OnnxGraphBuilder, type WeightPrecision } from "../../common/onnx/index.js";
+import type { OnnxGraphBuilder, WeightPrecision } from "../../common/onnx/index.js";
 import type { StateDict } from "../checkpoint/index.js";
 import type { AlphaClipVisionConfig } from "./alpha-clip-config.js";
+import { ClipLayers } from "./clip-layers.js";
 
 export const IMAGE_INPUT = "image";
 export const ALPHA_INPUT = "alpha";
@@ -32,17 +33,6 @@ export interface AlphaClipGraphOptions {
   zeroAlphaConv?: boolean;
 }
 
-/** [rows][cols] row-major -> [cols][rows], optionally scaling rows [0, scaleRows) by `scale`. */
-function transpose(data: Float32Array, rows: number, cols: number, scaleRows = 0, scale = 1): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let r = 0; r < rows; r++) {
-    const f = r < scaleRows ? scale : 1;
-    const src = r * cols;
-    for (let c = 0; c < cols; c++) out[c * rows + r] = data[src + c] * f;
-  }
-  return out;
-}
-
 /**
  * Add the encoder to `g` (declaring the `image` and `alpha` inputs) and return its value names.
  * Outputs are not declared here: the caller decides which values become graph outputs, so another
@@ -57,12 +47,9 @@ export function appendAlphaClipVisionNodes(
   const { width: W, heads: H, patchSize: P, imageSize: R, gridSize: G, layers: L } = config;
   const precision = options.precision ?? "fp32";
   const includeEmbed = options.includeImageEmbed ?? true;
-  const headDim = W / H;
   const tokens = G * G + 1;
-  // Matrices follow `precision`; 1-D vectors (biases, norms) stay float32: tiny, and fp16 only adds error.
-  const matrix = (name: string, data: Float32Array, dims: number[]) =>
-    g.initializer(name, data, dims, { precision });
-  const vector = (name: string, key = name) => g.initializer(name, sd.read(key), sd.info(key).shape);
+  const layers = new ClipLayers(g, sd, precision);
+  const matrix = (name: string, data: Float32Array, dims: number[]) => layers.matrix(name, data, dims);
 
   const image = g.input(IMAGE_INPUT, "float32", ["batch", 3, R, R]);
   const alpha = g.input(ALPHA_INPUT, "float32", ["batch", 1, R, R]);
@@ -104,80 +91,17 @@ export function appendAlphaClipVisionNodes(
   const positions = matrix("positional_embedding", sd.read("positional_embedding"), [tokens, W]);
   let x = g.node("Add", [withCls, positions], {}, { name: "add_positions" });
 
-  const layerNorm = (input: string, prefix: string) =>
-    g.node(
-      "LayerNormalization",
-      [input, vector(`${prefix}.weight`), vector(`${prefix}.bias`)],
-      { axis: -1, epsilon: floatAttr(1e-5) },
-      { name: prefix.replace(/\./g, "_") },
-    );
-  const linear = (input: string, prefix: string, outDim: number, inDim: number, qRows = 0, qScale = 1) => {
-    const wName = `${prefix}.weight_t`;
-    const w = matrix(wName, transpose(sd.read(`${prefix}.weight`), outDim, inDim, qRows, qScale), [
-      inDim,
-      outDim,
-    ]);
-    let bias = sd.read(`${prefix}.bias`);
-    if (qRows > 0) bias = bias.map((v, i) => (i < qRows ? v * qScale : v));
-    const b = g.initializer(`${prefix}.bias`, bias, [outDim]);
-    const node = prefix.replace(/\./g, "_");
-    return g.node(
-      "Add",
-      [g.node("MatMul", [input, w], {}, { name: `${node}_matmul` }), b],
-      {},
-      { name: `${node}_add` },
-    );
-  };
-
-  x = layerNorm(x, "ln_pre");
+  x = layers.layerNorm(x, "ln_pre");
   let llavaFeatures: string | undefined;
   const blocksToRun = includeEmbed ? L : L - 1;
   for (let i = 0; i < blocksToRun; i++) {
     if (i === config.llavaFeatureLayer) llavaFeatures = x;
-    const p = `transformer.resblocks.${i}`;
-    const n = `block${i}`;
-    // Attention: one in_proj MatMul (rows Q, K, V; Q pre-scaled by head_dim^-0.5), then per-head
-    // softmax(q k^T) v in [B, H, T, hd] layout.
-    const qkv = linear(layerNorm(x, `${p}.ln_1`), `${p}.attn.in_proj`, 3 * W, W, W, headDim ** -0.5);
-    const split = g.node("Reshape", [qkv, g.int64([0, 0, 3 * H, headDim])], {}, { name: `${n}_qkv_heads` });
-    const headsFirst = g.node("Transpose", [split], { perm: [0, 2, 1, 3] }, { name: `${n}_qkv_transpose` });
-    const [q, k, v] = g.nodeOutputs(
-      "Split",
-      [headsFirst, g.int64([H, H, H])],
-      { axis: 1 },
-      {
-        name: `${n}_qkv_split`,
-        outputs: [g.uniqueName(`${n}_q`), g.uniqueName(`${n}_k`), g.uniqueName(`${n}_v`)],
-      },
-    );
-    const kT = g.node("Transpose", [k], { perm: [0, 1, 3, 2] }, { name: `${n}_k_transpose` });
-    const scores = g.node("MatMul", [q, kT], {}, { name: `${n}_scores` });
-    const weights = g.node("Softmax", [scores], { axis: -1 }, { name: `${n}_softmax` });
-    const attended = g.node("MatMul", [weights, v], {}, { name: `${n}_attend` });
-    const merged = g.node(
-      "Reshape",
-      [
-        g.node("Transpose", [attended], { perm: [0, 2, 1, 3] }, { name: `${n}_heads_last` }),
-        g.int64([0, 0, W]),
-      ],
-      {},
-      { name: `${n}_merge_heads` },
-    );
-    x = g.node("Add", [x, linear(merged, `${p}.attn.out_proj`, W, W)], {}, { name: `${n}_attn_residual` });
-
-    // MLP: c_fc, QuickGELU x * sigmoid(1.702 x), c_proj.
-    const hiddenDim = sd.info(`${p}.mlp.c_fc.weight`).shape[0];
-    const fc = linear(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`, hiddenDim, W);
-    const gate = g.node(
-      "Sigmoid",
-      [g.node("Mul", [fc, g.scalar(1.702)], {}, { name: `${n}_gelu_scale` })],
-      {},
-      {
-        name: `${n}_gelu_sigmoid`,
-      },
-    );
-    const act = g.node("Mul", [fc, gate], {}, { name: `${n}_gelu_mul` });
-    x = g.node("Add", [x, linear(act, `${p}.mlp.c_proj`, W, hiddenDim)], {}, { name: `${n}_mlp_residual` });
+    x = layers.residualBlock(x, {
+      prefix: `transformer.resblocks.${i}`,
+      nodePrefix: `block${i}`,
+      width: W,
+      heads: H,
+    });
   }
   if (blocksToRun === config.llavaFeatureLayer) llavaFeatures = x;
   if (llavaFeatures === undefined) throw new Error("llavaFeatureLayer is out of range");
@@ -191,7 +115,7 @@ export function appendAlphaClipVisionNodes(
   if (!includeEmbed) return { llavaFeatures: dropCls };
 
   const clsOut = g.node("Gather", [x, g.int64([0])], { axis: 1 }, { name: "take_cls" }); // [B, 1, W]
-  const pooled = layerNorm(clsOut, "ln_post");
+  const pooled = layers.layerNorm(clsOut, "ln_post");
   const embed = g.node(
     "MatMul",
     [pooled, matrix("proj", sd.read("proj"), [W, config.outputDim])],

@@ -13,6 +13,7 @@ export {
   type AlphaClipGraphOptions,
   type AlphaClipGraphValues,
 } from "./alpha-clip-graph.js";
+export { ClipLayers, transposeMatrix, type ResidualBlockOptions } from "./clip-layers.js";
 export {
   convertVisionCheckpoint,
   sha256File,
