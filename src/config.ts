@@ -264,7 +264,7 @@ export function configFromFile(file: string): ServerConfigInput {
   const input = parsed as ServerConfigInput;
   if (input.model && typeof input.model === "object") {
     const dir = path.dirname(path.resolve(file));
-    for (const key of ["vision", "projector", "llm", "segmenter"] as const) {
+    for (const key of ["vision", "projector", "llm", "segmenter", "text"] as const) {
       const p = input.model[key];
       if (typeof p === "string") input.model[key] = path.resolve(dir, p);
     }

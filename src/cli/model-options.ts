@@ -13,6 +13,7 @@ export interface ModelCliOptions {
   projector?: string;
   llm?: string;
   segmenter?: string;
+  text?: string;
   device?: string;
   gpu?: string;
   threads?: string;
@@ -37,6 +38,10 @@ export function addModelOptions(cmd: Command): Command {
     .option(
       "--segmenter <dir>",
       "segmenter folder (SAM) that turns --point clicks into regions; default: the model preset's",
+    )
+    .option(
+      "--text <dir>",
+      "CLIP text tower folder (convert-text output) for classify; default: the model preset's",
     )
     .addOption(
       new Option(
@@ -63,6 +68,7 @@ export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
     projector: opts.projector,
     llm: opts.llm,
     segmenter: opts.segmenter,
+    text: opts.text,
     device: opts.device as ModelConfig["device"],
     gpu: opts.gpu === undefined ? undefined : opts.gpu === "false" ? false : (opts.gpu as ModelConfig["gpu"]),
     visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),

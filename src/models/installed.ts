@@ -43,6 +43,8 @@ export interface PresetFile {
   projector: string;
   llm: string;
   segmenter?: string;
+  /** CLIP text tower folder (kind `clip-text`) for zero-shot classification and text embeddings. */
+  text?: string;
   createdAt: string;
   [extra: string]: unknown;
 }
@@ -53,6 +55,8 @@ export interface PresetPaths {
   llmPath: string;
   /** Segmenter folder (manifest kind `sam-segmenter`), when the preset has one installed. */
   segmenterDir?: string;
+  /** CLIP text tower folder (manifest kind `clip-text`), when the preset has one. */
+  textDir?: string;
 }
 
 export async function readManifest(dir: string): Promise<ModelManifest | undefined> {
@@ -129,6 +133,7 @@ export function presetPaths(dir: string, preset: PresetFile): PresetPaths {
     projectorPath: path.resolve(dir, preset.projector),
     llmPath: path.resolve(dir, preset.llm),
     ...(typeof preset.segmenter === "string" ? { segmenterDir: path.resolve(dir, preset.segmenter) } : {}),
+    ...(typeof preset.text === "string" ? { textDir: path.resolve(dir, preset.text) } : {}),
   };
 }
 

@@ -30,6 +30,11 @@ export interface ModelConfig {
    * preset's; unset = the preset's segmenter when one is installed, else none.
    */
   segmenter?: string;
+  /**
+   * CLIP text tower folder (manifest kind `clip-text`) for zero-shot region classification and text
+   * embeddings. Overrides the preset's; unset = the preset's when it has one, else none.
+   */
+  text?: string;
   /** ONNX Runtime device for the vision encoder and projector. */
   device?: OrtDevice;
   /** llama.cpp backend (false = the CPU). */
@@ -72,17 +77,20 @@ export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipe
       projector: model.projector,
       llm: model.llm,
       ...(model.segmenter ? { segmenter: model.segmenter } : {}),
+      ...(model.text ? { text: model.text } : {}),
       modelId: path.basename(model.llm),
     };
   }
   const resolved = await resolveModelPreset(model.preset ?? DEFAULT_MODEL_DIR);
   const segmenter = model.segmenter ?? resolved.segmenterDir;
+  const text = model.text ?? resolved.textDir;
   return {
     ...engine,
     vision: resolved.visionDir,
     projector: model.projector ?? resolved.projectorPath,
     llm: resolved.llmPath,
     ...(segmenter ? { segmenter } : {}),
+    ...(text ? { text } : {}),
     // A folder is named by its last path part, never by its full path (it shows in /v1/models).
     modelId: model.preset ? path.basename(path.resolve(model.preset)) : "shapes",
   };

@@ -13,3 +13,11 @@ export { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
 export { ConversationRegistry, type StartConversationOptions } from "./conversation-registry.js";
 export { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 export type * from "./types.js";
+export {
+  DEFAULT_TEMPLATE,
+  MAX_LABELS,
+  RegionClassifier,
+  checkLabels,
+  type ClassifyResult,
+  type LabelScore,
+} from "./region-classifier.js";

@@ -30,6 +30,8 @@ export interface PipelineOptions {
   segmenter?: string;
   /** Bytes of segmenter image embeddings kept, so further clicks on an image only decode. Default 256 MiB. */
   segmenterCacheBytes?: number;
+  /** CLIP text tower folder (kind "clip-text"): zero-shot classification of regions (`classifyRegions`). */
+  text?: string;
   /** Name shown to API clients. Default "region-vqa". */
   modelId?: string;
   /** ONNX Runtime device for vision and projector. Default "auto" (CUDA when usable, else CPU). */
@@ -105,10 +107,10 @@ const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefi
 export type ResolvedPipelineOptions = Required<
   Omit<
     PipelineOptions,
-    "projector" | "segmenter" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache"
+    "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache"
   >
 > &
-  Pick<PipelineOptions, "projector" | "segmenter" | "contextSize" | "systemPrompt" | "warmUp"> & {
+  Pick<PipelineOptions, "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp"> & {
     onStage: (stage: PipelineStage, ms: number) => void;
     onCache: (hit: boolean, cache: PipelineCache) => void;
   };

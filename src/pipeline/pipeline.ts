@@ -13,6 +13,11 @@ import {
   type SegmentResult,
 } from "../segmenter/index.js";
 import { decodeImage, type Region, type RgbImage } from "../vision/index.js";
+import { checkLabels, RegionClassifier, type ClassifyResult } from "./region-classifier.js";
+
+/** What to tell a user who classifies when no text tower is loaded. */
+export const NO_TEXT_MODEL_MESSAGE =
+  "No CLIP text tower is loaded, so labels cannot be compared with regions: run `region-vqa pull clip-text-l14-336` (not available yet) or start with --text <folder> (the bundled shapes model has one).";
 import { ConversationRegistry } from "./conversation-registry.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
@@ -34,6 +39,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     private readonly llm: LlavaModel,
     private readonly conversations: ConversationRegistry,
     private readonly segmenter: SamSegmenter | undefined,
+    private readonly classifier: RegionClassifier | undefined,
   ) {
     this.models = {
       id: options.modelId,
@@ -41,10 +47,12 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       projector: options.projector ?? "(fused)",
       llm: options.llm,
       ...(segmenter ? { segmenter: options.segmenter } : {}),
+      ...(classifier ? { text: options.text } : {}),
       devices: {
         vision: embedder.device,
         llm: llm.device,
         ...(segmenter ? { segmenter: segmenter.device } : {}),
+        ...(classifier ? { text: classifier.device } : {}),
       },
     };
   }
@@ -54,7 +62,14 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     const embedder = await RegionEmbedder.load(o);
     let llm: LlavaModel | undefined;
     let segmenter: SamSegmenter | undefined;
+    let classifier: RegionClassifier | undefined;
     try {
+      if (o.text) {
+        classifier = await RegionClassifier.load(o.text, {
+          device: embedder.provider,
+          threads: o.visionThreads,
+        });
+      }
       if (o.segmenter) {
         // Same device as the vision encoder: both are ONNX Runtime sessions.
         segmenter = await SamSegmenter.load(o.segmenter, {
@@ -81,14 +96,23 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     } catch (err) {
       await llm?.dispose().catch(() => undefined);
       await segmenter?.dispose().catch(() => undefined);
+      await classifier?.dispose().catch(() => undefined);
       await embedder.dispose().catch(() => undefined);
       throw err;
     }
     o.logger.info(
       `pipeline ready: vision ${o.vision} on ${embedder.device}, projector ${o.projector ?? "fused"}, llm ${o.llm} on ${llm.device}` +
-        (segmenter ? `, segmenter ${o.segmenter} on ${segmenter.device}` : ""),
+        (segmenter ? `, segmenter ${o.segmenter} on ${segmenter.device}` : "") +
+        (classifier ? `, text ${o.text} on ${classifier.device}` : ""),
     );
-    return new LocalRegionVqaPipeline(o, embedder, llm, new ConversationRegistry(llm, o), segmenter);
+    return new LocalRegionVqaPipeline(
+      o,
+      embedder,
+      llm,
+      new ConversationRegistry(llm, o),
+      segmenter,
+      classifier,
+    );
   }
 
   /** Clicks and/or a box on a decoded image -> its mask and the other candidates. */
@@ -107,6 +131,30 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     } finally {
       this.options.onStage("segment", performance.now() - t0);
     }
+  }
+
+  /** Regions of an image x labels -> Alpha-CLIP zero-shot scores, ranked per region and per label. */
+  async classifyRegions(
+    image: Uint8Array,
+    regions: Region[],
+    labels: unknown,
+    options: { templates?: unknown; decoded?: RgbImage } = {},
+  ): Promise<ClassifyResult> {
+    this.assertOpen();
+    if (!this.classifier) throw new RegionVqaError("text_model_not_installed", NO_TEXT_MODEL_MESSAGE);
+    // Labels are checked before any model runs.
+    checkLabels(labels, options.templates);
+    const blocks = await this.embedRegions(image, regions, options.decoded);
+    const embeds = blocks.map((b) => {
+      if (!b.imageEmbed) {
+        throw new RegionVqaError(
+          "model_invalid",
+          "The vision model has no image_embed output to classify with.",
+        );
+      }
+      return b.imageEmbed;
+    });
+    return this.classifier.classify(embeds, labels, options.templates);
   }
 
   /** Image + regions -> one embedding block per region (cached; misses are encoded in one batch). */
@@ -180,6 +228,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       conversations: this.conversations.size,
       cache: this.embedder.cacheStats(),
       ...(this.segmenter ? { segmenterCache: this.segmenter.cacheStats() } : {}),
+      ...(this.classifier ? { textCache: this.classifier.cacheStats() } : {}),
     };
   }
 
@@ -199,6 +248,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     await this.conversations.dispose();
     await this.llm.dispose();
     await this.segmenter?.dispose();
+    await this.classifier?.dispose();
     await this.embedder.dispose();
   }
 }

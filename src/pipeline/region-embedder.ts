@@ -26,6 +26,11 @@ import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
 export interface RegionEmbeddings {
   data: Float32Array;
   count: number;
+  /**
+   * The region's CLIP embedding (Alpha-CLIP's `image_embed`, unnormalised), when the vision model
+   * outputs it: what zero-shot classification and region embeddings compare with text.
+   */
+  imageEmbed?: Float32Array;
 }
 
 type EmbedderOptions = Pick<
@@ -68,7 +73,10 @@ export class RegionEmbedder {
     private readonly projector: LlavaProjector | undefined,
   ) {
     this.modelKey = sha256(new TextEncoder().encode(`${options.vision}|${options.projector ?? "fused"}`));
-    this.cache = new ByteLruCache(options.visionCacheBytes, (v) => v.data.byteLength);
+    this.cache = new ByteLruCache(
+      options.visionCacheBytes,
+      (v) => v.data.byteLength + (v.imageEmbed?.byteLength ?? 0),
+    );
   }
 
   static async load(options: EmbedderOptions): Promise<RegionEmbedder> {
@@ -176,10 +184,13 @@ export class RegionEmbedder {
     } else {
       throw new RegionVqaError("model_invalid", "the vision model returned neither features nor embeddings");
     }
+    const embed = encoded.imageEmbed;
+    const embedWidth = embed ? embed.shape[1] : 0;
     splitBatch(projected).forEach((block, j) => {
       const i = todo[j];
       // Own copy per region so that evicting or transferring one never touches another.
-      const own = { data: block.data.slice(), count: block.count };
+      const own: RegionEmbeddings = { data: block.data.slice(), count: block.count };
+      if (embed) own.imageEmbed = embed.data.slice(j * embedWidth, (j + 1) * embedWidth);
       results[i] = own;
       this.cache.set(keys[i], own);
     });

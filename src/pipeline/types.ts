@@ -1,4 +1,5 @@
 import type { ByteLruStats } from "../common/lru-cache.js";
+import type { ClassifyResult } from "./region-classifier.js";
 import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
 import type { SegmentOptions, SegmentPrompt, SegmentResult } from "../segmenter/types.js";
 import type { Region, RgbImage } from "../vision/types.js";
@@ -26,8 +27,10 @@ export interface ModelsInfo {
   llm: string;
   /** The segmenter folder, when one is loaded. */
   segmenter?: string;
+  /** The CLIP text tower folder, when one is loaded. */
+  text?: string;
   /** Where each stage runs, e.g. { vision: "webgpu (NVIDIA RTX 4090)", llm: "cuda (NVIDIA RTX 4090)" }. */
-  devices: { vision: string; llm: string; segmenter?: string };
+  devices: { vision: string; llm: string; segmenter?: string; text?: string };
 }
 
 /** Live conversations and cache counters, for metrics and benchmarks. */
@@ -37,6 +40,8 @@ export interface PipelineStats {
   cache: ByteLruStats;
   /** The segmenter's image-embedding cache, when a segmenter is loaded. */
   segmenterCache?: ByteLruStats;
+  /** The text-feature cache, when a text tower is loaded. */
+  textCache?: ByteLruStats;
 }
 
 export type { SegmentOptions } from "../segmenter/types.js";
@@ -62,6 +67,16 @@ export interface RegionVqaPipeline {
    * embeddings are cached, so further clicks on it only run the prompt decoder.
    */
   segment?(image: RgbImage, prompt: SegmentPrompt, options?: SegmentOptions): Promise<SegmentResult>;
+  /**
+   * Zero-shot classification (absent without a text tower): each region's Alpha-CLIP embedding against
+   * the labels' CLIP text features; rankings both ways.
+   */
+  classifyRegions?(
+    image: Uint8Array,
+    regions: Region[],
+    labels: unknown,
+    options?: { templates?: unknown; decoded?: RgbImage },
+  ): Promise<ClassifyResult>;
   /** Cache and conversation counters (for /metrics). */
   stats?(): PipelineStats;
   dispose(): Promise<void>;
