@@ -17,6 +17,8 @@ const commandModules: Array<() => Promise<CommandModule>> = [
   () => import("./commands/serve.js"),
   () => import("./commands/eval-shapes.js"),
   () => import("./commands/eval-segment.js"),
+  () => import("./commands/classify.js"),
+  () => import("./commands/eval-classify.js"),
   () => import("./commands/devices.js"),
 ];
 

@@ -35,3 +35,10 @@ export {
   type SegmentPromptKind,
   type Segments,
 } from "./evaluate-segment.js";
+export {
+  SHAPES_LABELS,
+  evaluateClassification,
+  type ClassifyEvalOptions,
+  type ClassifyEvalResult,
+  type Classifies,
+} from "./evaluate-classify.js";
