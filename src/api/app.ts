@@ -16,6 +16,7 @@ import type { RegionVqaPipeline } from "../pipeline/types.js";
 import { installErrorHandlers } from "./errors.js";
 import { PipelineHolder } from "./http.js";
 import { ServerMetrics } from "./metrics.js";
+import classifyRoutes from "./routes/classify.js";
 import openAiRoutes from "./routes/openai.js";
 import opsRoutes from "./routes/ops.js";
 import regionsRoutes, { conversationRoutes } from "./routes/regions.js";
@@ -53,7 +54,11 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
     if (stats) {
       metrics.watchCaches(() => {
         const s = stats();
-        return { vision_embeddings: s.cache, segmenter_embeddings: s.segmenterCache };
+        return {
+          vision_embeddings: s.cache,
+          segmenter_embeddings: s.segmenterCache,
+          text_features: s.textCache,
+        };
       });
     }
   });
@@ -171,6 +176,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   await app.register(opsRoutes, { pipeline, metrics });
   await app.register(regionsRoutes, { pipeline, config, metrics, scheduler });
   await app.register(segmentRoutes, { pipeline, config, metrics, scheduler });
+  await app.register(classifyRoutes, { pipeline, config, metrics, scheduler });
   await app.register(conversationRoutes, { pipeline, config, metrics, scheduler });
   await app.register(openAiRoutes, { pipeline, config, metrics, scheduler });
   await app.register(uiRoutes, { root: options.uiRoot ?? defaultUiRoot });

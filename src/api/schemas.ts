@@ -107,8 +107,9 @@ export const jsonRegionFields = {
 export const multipartRegionFields = {
   image: { "x-binary-file": true, description: "The image file." },
   mask: {
-    "x-binary-file": true,
     description: "A mask image file of the image's size (white = region); may repeat.",
+    // A repeated file part arrives as a list.
+    anyOf: [{ "x-binary-file": true }, { type: "array", items: { "x-binary-file": true } }],
   },
   region: { type: "string", description: `JSON. ${regionDescription}` },
   box: { type: "string", description: 'A box "x1,y1,x2,y2" or JSON [x1, y1, x2, y2]; may repeat.' },

@@ -142,8 +142,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   ): Promise<ClassifyResult> {
     this.assertOpen();
     if (!this.classifier) throw new RegionVqaError("text_model_not_installed", NO_TEXT_MODEL_MESSAGE);
-    // Labels are checked before any model runs.
-    checkLabels(labels, options.templates);
+    // Labels are checked (count, text, templates, token length) before any model runs.
+    const checked = checkLabels(labels, options.templates);
+    this.classifier.checkLabelLengths(checked.labels, checked.templates);
     const blocks = await this.embedRegions(image, regions, options.decoded);
     const embeds = blocks.map((b) => {
       if (!b.imageEmbed) {

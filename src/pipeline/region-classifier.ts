@@ -102,6 +102,25 @@ export class RegionClassifier {
     return this.encoder.device;
   }
 
+  /**
+   * Refuses (never truncates) a label that does not fit CLIP's 77-token context with one of the
+   * templates, naming the label: the check runs before any model does.
+   */
+  checkLabelLengths(labels: string[], templates: string[]): void {
+    labels.forEach((label, index) => {
+      for (const template of templates) {
+        const tokens = this.tokenizer.encode(template.replaceAll("{}", label)).length + 2;
+        if (tokens > 77) {
+          throw new RegionVqaError(
+            "label_too_long",
+            `Label ${index} is ${tokens} tokens with the template "${template}" (start and end included); CLIP reads at most 77. Shorten it; it is not truncated.`,
+            { index, tokens, maxTokens: 77 },
+          );
+        }
+      }
+    });
+  }
+
   /** Unnormalised text features of each text (cached by model + text). */
   async textFeatures(
     texts: string[],

@@ -30,7 +30,7 @@ const typedFormFields: Record<string, "number" | "boolean"> = {
 };
 
 /** Multipart `options` (a JSON object) is merged into the form before validation. */
-async function mergeMultipartOptions(request: FastifyRequest): Promise<void> {
+export async function mergeMultipartOptions(request: FastifyRequest): Promise<void> {
   if (!request.isMultipart()) return;
   const body = (request.body ?? {}) as Record<string, unknown>;
   let options = body.options;
