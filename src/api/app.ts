@@ -17,6 +17,7 @@ import { installErrorHandlers } from "./errors.js";
 import { PipelineHolder } from "./http.js";
 import { ServerMetrics } from "./metrics.js";
 import classifyRoutes from "./routes/classify.js";
+import embeddingsRoutes from "./routes/embeddings.js";
 import openAiRoutes from "./routes/openai.js";
 import opsRoutes from "./routes/ops.js";
 import regionsRoutes, { conversationRoutes } from "./routes/regions.js";
@@ -166,7 +167,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
       security: config.apiKey ? [{ bearer: [] }] : [],
       tags: [
         { name: "regions", description: "Native region captioning and question answering" },
-        { name: "openai", description: "OpenAI-compatible chat completions" },
+        { name: "openai", description: "OpenAI-compatible chat completions, embeddings and models" },
         { name: "ops", description: "Health, readiness and metrics" },
       ],
     },
@@ -179,6 +180,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   await app.register(classifyRoutes, { pipeline, config, metrics, scheduler });
   await app.register(conversationRoutes, { pipeline, config, metrics, scheduler });
   await app.register(openAiRoutes, { pipeline, config, metrics, scheduler });
+  await app.register(embeddingsRoutes, { pipeline, config, metrics, scheduler });
   await app.register(uiRoutes, { root: options.uiRoot ?? defaultUiRoot });
 
   if (options.disposePipelineOnClose ?? true) {

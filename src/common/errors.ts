@@ -25,6 +25,7 @@ export type ErrorCode =
   // labels and text (zero-shot classification, embeddings)
   | "labels_invalid"
   | "too_many_labels"
+  | "too_many_inputs"
   | "label_too_long"
   | "embedding_mismatch"
   | "text_model_not_installed"

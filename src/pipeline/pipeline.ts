@@ -13,11 +13,7 @@ import {
   type SegmentResult,
 } from "../segmenter/index.js";
 import { decodeImage, type Region, type RgbImage } from "../vision/index.js";
-import { checkLabels, RegionClassifier, type ClassifyResult } from "./region-classifier.js";
-
-/** What to tell a user who classifies when no text tower is loaded. */
-export const NO_TEXT_MODEL_MESSAGE =
-  "No CLIP text tower is loaded, so labels cannot be compared with regions: run `region-vqa pull clip-text-l14-336` (not available yet) or start with --text <folder> (the bundled shapes model has one).";
+import { checkLabels, l2Normalize, RegionClassifier, type ClassifyResult } from "./region-classifier.js";
 import { ConversationRegistry } from "./conversation-registry.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
@@ -28,6 +24,14 @@ import type {
   RegionVqaPipeline,
   SegmentOptions,
 } from "./types.js";
+
+/** What to tell a user who classifies when no text tower is loaded. */
+export const NO_TEXT_MODEL_MESSAGE =
+  "No CLIP text tower is loaded, so labels cannot be compared with regions: run `region-vqa pull clip-text-l14-336` (not available yet) or start with --text <folder> (the bundled shapes model has one).";
+/** Most texts in one `embedTexts` call (OpenAI's limit for one embeddings request). */
+export const MAX_EMBED_TEXTS = 2048;
+/** Texts encoded per text-encoder batch by `embedTexts`. */
+const EMBED_TEXT_BATCH = 64;
 
 export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   readonly models: ModelsInfo;
@@ -156,6 +160,46 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       return b.imageEmbed;
     });
     return this.classifier.classify(embeds, labels, options.templates);
+  }
+
+  /**
+   * Texts -> L2-normalised CLIP text features (cached per text). Refuses an empty list or text
+   * (`labels_invalid`), more than MAX_EMBED_TEXTS (`too_many_inputs`) and a text over CLIP's 77 tokens
+   * (`label_too_long`, never truncated) before the model runs.
+   */
+  async embedTexts(texts: string[]): Promise<Float32Array[]> {
+    this.assertOpen();
+    if (!this.classifier) throw new RegionVqaError("text_model_not_installed", NO_TEXT_MODEL_MESSAGE);
+    if (!Array.isArray(texts) || texts.length === 0)
+      throw new RegionVqaError("labels_invalid", "Give at least one text to embed.");
+    if (texts.length > MAX_EMBED_TEXTS) {
+      throw new RegionVqaError(
+        "too_many_inputs",
+        `${texts.length} inputs; the limit is ${MAX_EMBED_TEXTS}.`,
+        { inputs: texts.length, maxInputs: MAX_EMBED_TEXTS },
+      );
+    }
+    texts.forEach((t, i) => {
+      if (typeof t !== "string" || t.trim() === "")
+        throw new RegionVqaError("labels_invalid", `Input ${i} is empty; every text needs some text.`);
+    });
+    try {
+      this.classifier.checkLabelLengths(texts, ["{}"]);
+    } catch (err) {
+      if (!(err instanceof RegionVqaError) || err.code !== "label_too_long") throw err;
+      const { index, tokens } = err.details as { index: number; tokens: number };
+      throw new RegionVqaError(
+        "label_too_long",
+        `Input ${index} is ${tokens} tokens (start and end included); CLIP reads at most 77. Shorten it; it is not truncated.`,
+        err.details,
+      );
+    }
+    const out: Float32Array[] = [];
+    for (let i = 0; i < texts.length; i += EMBED_TEXT_BATCH) {
+      const { features } = await this.classifier.textFeatures(texts.slice(i, i + EMBED_TEXT_BATCH));
+      for (const f of features) out.push(l2Normalize(f));
+    }
+    return out;
   }
 
   /** Image + regions -> one embedding block per region (cached; misses are encoded in one batch). */

@@ -38,7 +38,8 @@ export interface RegionClassifierOptions {
   cacheBytes?: number;
 }
 
-function normalize(v: Float32Array): Float32Array {
+/** `v` scaled to unit length (a copy). */
+export function l2Normalize(v: Float32Array): Float32Array {
   let n = 0;
   for (const x of v) n += x * x;
   const inv = 1 / Math.max(Math.sqrt(n), 1e-12);
@@ -156,10 +157,10 @@ export class RegionClassifier {
     const out = labels.map((_, i) => {
       const sum = new Float32Array(d);
       for (let k = 0; k < templates.length; k++) {
-        const f = normalize(features[i * templates.length + k]);
+        const f = l2Normalize(features[i * templates.length + k]);
         for (let j = 0; j < d; j++) sum[j] += f[j];
       }
-      return normalize(sum);
+      return l2Normalize(sum);
     });
     return { features: out, cached, encoded };
   }
@@ -181,7 +182,7 @@ export class RegionClassifier {
     }
     const { features, cached, encoded } = await this.labelFeatures(labels, templates);
     const scores = regionEmbeds.map((e) => {
-      const r = normalize(e);
+      const r = l2Normalize(e);
       return features.map((t) => {
         let dot = 0;
         for (let j = 0; j < r.length; j++) dot += r[j] * t[j];

@@ -1,5 +1,6 @@
 import type { ByteLruStats } from "../common/lru-cache.js";
 import type { ClassifyResult } from "./region-classifier.js";
+import type { RegionEmbeddings } from "./region-embedder.js";
 import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
 import type { SegmentOptions, SegmentPrompt, SegmentResult } from "../segmenter/types.js";
 import type { Region, RgbImage } from "../vision/types.js";
@@ -77,6 +78,16 @@ export interface RegionVqaPipeline {
     labels: unknown,
     options?: { templates?: unknown; decoded?: RgbImage },
   ): Promise<ClassifyResult>;
+  /**
+   * Texts -> their L2-normalised CLIP text features, one per text, in order (absent without a text
+   * tower). At most MAX_EMBED_TEXTS non-empty texts, each within CLIP's 77 tokens (never truncated).
+   */
+  embedTexts?(texts: string[]): Promise<Float32Array[]>;
+  /**
+   * Image + regions -> one embedding block per region (`imageEmbed`: the region's unnormalised
+   * Alpha-CLIP embedding, when the vision model outputs it).
+   */
+  embedRegions?(image: Uint8Array, regions: Region[], decoded?: RgbImage): Promise<RegionEmbeddings[]>;
   /** Cache and conversation counters (for /metrics). */
   stats?(): PipelineStats;
   dispose(): Promise<void>;

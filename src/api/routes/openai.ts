@@ -14,6 +14,7 @@ import { bearerAuth, generationOptions, usageOf, type GenerationFields } from ".
 import { bytesFromField, parseRegion } from "../input.js";
 import { fetchRemoteImage } from "../remote-image.js";
 import { errorResponses, generationFields, regionDescription } from "../schemas.js";
+import { embeddingModelId } from "./embeddings.js";
 
 interface ChatRequest extends GenerationFields {
   model?: string;
@@ -130,7 +131,13 @@ const openAiRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) =
       const p = pipeline.get();
       return {
         object: "list",
-        data: [{ id: p.models.id, object: "model", created: 0, owned_by: "region-vqa" }],
+        data: [
+          { id: p.models.id, object: "model", created: 0, owned_by: "region-vqa" },
+          // The embeddings model (POST /v1/embeddings), when a CLIP text tower is loaded.
+          ...(p.models.text && p.embedTexts
+            ? [{ id: embeddingModelId(p), object: "model", created: 0, owned_by: "region-vqa" }]
+            : []),
+        ],
       };
     },
   );
