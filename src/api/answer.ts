@@ -51,9 +51,13 @@ export async function regionsOf(
   specs: RegionSpec[],
 ): Promise<ResolvedImage> {
   const p = pipeline.get();
-  const imageKey = createHash("sha256").update(image).digest("hex");
+  // The segmenter's cache key, hashed only when a points region needs it (and once per request).
+  let imageKey: string | undefined;
   const segment: SegmentFn | undefined = p.segment
-    ? async (decoded, prompt) => (await p.segment!(decoded, prompt, { imageKey })).mask
+    ? async (decoded, prompt) => {
+        imageKey ??= createHash("sha256").update(image).digest("hex");
+        return (await p.segment!(decoded, prompt, { imageKey })).mask;
+      }
     : undefined;
   const resolved = await resolveRegions(image, specs, config.limits, segment);
   metrics.observeStage("decode", resolved.decodeSeconds);

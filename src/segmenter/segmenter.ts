@@ -9,11 +9,10 @@
  * decoder is fed every encoder output it names as an input, plus the prompt tensors.
  */
 import { createHash } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
 import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
-import type { ModelManifest } from "../common/manifest.js";
+import { readModelManifest, type ModelManifest } from "../common/manifest.js";
 import {
   OnnxSession,
   type OnnxSessionLogger,
@@ -51,33 +50,15 @@ export interface SegmenterLoadOptions {
 
 /** Reads and checks a segmenter folder's manifest. */
 export async function readSegmenterManifest(dir: string): Promise<ModelManifest<SegmenterConfig>> {
-  const s = await stat(dir).catch(() => undefined);
-  if (!s?.isDirectory()) {
-    throw new RegionVqaError("model_not_found", `Segmenter folder not found: ${dir}`, { path: dir });
-  }
-  let manifest: ModelManifest<SegmenterConfig>;
-  try {
-    manifest = JSON.parse(
-      await readFile(path.join(dir, "manifest.json"), "utf8"),
-    ) as ModelManifest<SegmenterConfig>;
-  } catch (err) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${dir}/manifest.json is missing or not JSON: ${(err as Error).message}`,
-    );
-  }
-  if (manifest.kind !== SEGMENTER_KIND) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${dir} holds a "${String(manifest.kind)}" model, not a segmenter (${SEGMENTER_KIND}).`,
-    );
-  }
+  const manifest = await readModelManifest<SegmenterConfig>(dir, {
+    kinds: [SEGMENTER_KIND],
+    folder: "Segmenter folder",
+    model: "a segmenter",
+    positiveIntegers: ["imageSize", "maskSize"],
+  });
   const c = manifest.config;
   const bad = (what: string) => new RegionVqaError("model_invalid", `${dir}/manifest.json: config.${what}`);
   if (!c || (c.family !== "sam2" && c.family !== "sam1")) throw bad('family must be "sam2" or "sam1"');
-  for (const key of ["imageSize", "maskSize"] as const) {
-    if (!Number.isInteger(c[key]) || c[key] <= 0) throw bad(`${key} must be a positive integer`);
-  }
   if (c.resize !== "stretch" && c.resize !== "longest-side")
     throw bad('resize must be "stretch" or "longest-side"');
   for (const key of ["mean", "std"] as const) {

@@ -11,7 +11,7 @@ import { RegionVqaError } from "../common/errors.js";
 import { OnnxGraphBuilder, writeOnnxModel, type WeightPrecision } from "../common/onnx/index.js";
 import { OnnxSession } from "../common/ort/index.js";
 import { openStateDict, type StateDict } from "../vision/checkpoint/index.js";
-import { sha256File, type Logger } from "../vision/convert/index.js";
+import { checkpointSource, conversionError, type Logger } from "../vision/convert/index.js";
 import { inspectClipTextStateDict, type ClipTextConfig, type ClipTextLayout } from "./config.js";
 import { CLIP_TEXT_MODEL_KIND, type ClipTextManifest, type ClipTextManifestConfig } from "./encoder.js";
 import { clipTextFeaturesReference, eotIndex } from "./reference.js";
@@ -210,7 +210,6 @@ export async function convertTextCheckpoint(options: ConvertTextOptions): Promis
       `checkpoint ${opened.source.format} (${inspected.layout} names): width ${c.width}, ${c.layers} layers, ` +
         `${c.heads} heads, context ${c.contextLength}, vocabulary ${c.vocabSize}, output ${c.embedDim}`,
     );
-    const stat = await fs.stat(options.checkpoint);
     const manifest = await writeClipTextModelFolder(inspected.stateDict, c, options.out, {
       precision: options.precision,
       name: options.name,
@@ -218,25 +217,12 @@ export async function convertTextCheckpoint(options: ConvertTextOptions): Promis
       logitScale: inspected.logitScale,
       selfCheck: options.selfCheck,
       logger,
-      source: {
-        path: path.resolve(options.checkpoint),
-        sha256: await sha256File(options.checkpoint),
-        bytes: stat.size,
-        format: opened.source.format,
-      },
+      source: await checkpointSource(options.checkpoint, opened.source.format),
     });
     logger?.info(`wrote ${options.out} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return manifest;
   } catch (err) {
-    if (err instanceof RegionVqaError) throw err;
-    if (err instanceof RangeError && /float16 range/.test(err.message)) {
-      throw new RegionVqaError("invalid_request", `cannot convert to fp16: ${err.message}`);
-    }
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === "ENOSPC" || e.code === "EACCES" || e.code === "EROFS") {
-      throw new RegionVqaError("internal", `cannot write model folder ${options.out}: ${e.message}`);
-    }
-    throw err;
+    throw conversionError(err, options.out);
   } finally {
     opened.close();
   }

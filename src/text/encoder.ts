@@ -3,10 +3,9 @@
  * Runtime through `OnnxSession` (a worker thread by default). `encode` takes token ids [N, 77] and
  * returns the unnormalised text features [N, D] (`encode_text` of the reference).
  */
-import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
-import type { ModelManifest } from "../common/manifest.js";
+import { readModelManifest, type ModelManifest } from "../common/manifest.js";
 import {
   OnnxSession,
   type OnnxSessionLogger,
@@ -60,41 +59,14 @@ export interface ClipTextEncodeResult {
 }
 
 /** Read and check a text model folder's manifest. */
-export async function readClipTextManifest(modelDir: string): Promise<ClipTextManifest> {
-  const s = await stat(modelDir).catch(() => undefined);
-  if (!s?.isDirectory()) {
-    throw new RegionVqaError("model_not_found", `Text model folder not found: ${modelDir}`, {
-      path: modelDir,
-    });
-  }
-  let manifest: ClipTextManifest;
-  try {
-    manifest = JSON.parse(await readFile(path.join(modelDir, "manifest.json"), "utf8")) as ClipTextManifest;
-  } catch (err) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${modelDir}/manifest.json is missing or not JSON: ${(err as Error).message}`,
-    );
-  }
-  if (manifest.kind !== CLIP_TEXT_MODEL_KIND) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${modelDir} holds a "${String(manifest.kind)}" model, not a CLIP text model (${CLIP_TEXT_MODEL_KIND}).`,
-    );
-  }
-  const c = manifest.config;
-  for (const key of ["width", "contextLength", "vocabSize", "embedDim"] as const) {
-    if (!c || !Number.isInteger(c[key]) || c[key] <= 0) {
-      throw new RegionVqaError(
-        "model_invalid",
-        `${modelDir}/manifest.json: config.${key} must be a positive integer.`,
-      );
-    }
-  }
-  if (!manifest.files?.some((f) => f.role === "onnx")) {
-    throw new RegionVqaError("model_invalid", `${modelDir}/manifest.json lists no file with role "onnx".`);
-  }
-  return manifest;
+export function readClipTextManifest(modelDir: string): Promise<ClipTextManifest> {
+  return readModelManifest<ClipTextManifestConfig>(modelDir, {
+    kinds: [CLIP_TEXT_MODEL_KIND],
+    folder: "Text model folder",
+    model: "a CLIP text model",
+    positiveIntegers: ["width", "contextLength", "vocabSize", "embedDim"],
+    onnxFile: true,
+  });
 }
 
 export class ClipTextEncoder {

@@ -4,10 +4,9 @@
  * ONNX Runtime inside a worker thread (`OnnxSession`), so that the event loop never blocks on session
  * creation or runs.
  */
-import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
-import type { ModelManifest } from "../common/manifest.js";
+import { readModelManifest, type ModelManifest } from "../common/manifest.js";
 import {
   OnnxSession,
   type OnnxSessionLogger,
@@ -64,42 +63,14 @@ export const IMAGE_EMBED_OUTPUT = "image_embed";
 export const PROJECTED_OUTPUT = "projected";
 
 /** Read and check a vision model folder's manifest. */
-export async function readEncoderManifest(modelDir: string): Promise<ModelManifest<EncoderModelConfig>> {
-  const s = await stat(modelDir).catch(() => undefined);
-  if (!s?.isDirectory())
-    throw new RegionVqaError("model_not_found", `Vision model folder not found: ${modelDir}`, {
-      path: modelDir,
-    });
-  let manifest: ModelManifest<EncoderModelConfig>;
-  try {
-    manifest = JSON.parse(
-      await readFile(path.join(modelDir, "manifest.json"), "utf8"),
-    ) as ModelManifest<EncoderModelConfig>;
-  } catch (err) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${modelDir}/manifest.json is missing or not JSON: ${(err as Error).message}`,
-    );
-  }
-  if (!(MODEL_KINDS as readonly string[]).includes(manifest.kind)) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${modelDir} holds a "${String(manifest.kind)}" model, not an Alpha-CLIP vision model (${MODEL_KINDS.join(" or ")}).`,
-    );
-  }
-  const c = manifest.config;
-  for (const key of ["width", "imageSize", "gridSize", "patchSize"] as const) {
-    if (!c || !Number.isInteger(c[key]) || c[key] <= 0) {
-      throw new RegionVqaError(
-        "model_invalid",
-        `${modelDir}/manifest.json: config.${key} must be a positive integer.`,
-      );
-    }
-  }
-  if (!manifest.files?.some((f) => f.role === "onnx")) {
-    throw new RegionVqaError("model_invalid", `${modelDir}/manifest.json lists no file with role "onnx".`);
-  }
-  return manifest;
+export function readEncoderManifest(modelDir: string): Promise<ModelManifest<EncoderModelConfig>> {
+  return readModelManifest<EncoderModelConfig>(modelDir, {
+    kinds: MODEL_KINDS,
+    folder: "Vision model folder",
+    model: "an Alpha-CLIP vision model",
+    positiveIntegers: ["width", "imageSize", "gridSize", "patchSize"],
+    onnxFile: true,
+  });
 }
 
 export class AlphaClipEncoder {

@@ -17,6 +17,8 @@ export { ClipLayers, transposeMatrix, type ResidualBlockOptions } from "./clip-l
 export {
   convertVisionCheckpoint,
   sha256File,
+  checkpointSource,
+  conversionError,
   VISION_ONNX_FILE,
   writeAlphaClipModelFolder,
   type AlphaClipVisionManifest,

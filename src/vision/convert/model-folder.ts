@@ -72,6 +72,32 @@ export async function sha256File(file: string): Promise<string> {
   return hash.digest("hex");
 }
 
+/** A converted folder's record of the checkpoint it came from: absolute path, sha256, size, format. */
+export async function checkpointSource(
+  file: string,
+  format: string,
+): Promise<{ path: string; sha256: string; bytes: number; format: string }> {
+  const { size } = await fs.stat(file);
+  return { path: path.resolve(file), sha256: await sha256File(file), bytes: size, format };
+}
+
+/**
+ * What a converter reports when writing its folder failed: weights outside fp16's range are the
+ * caller's choice of precision (`invalid_request`); a full or read-only disk is named; anything else
+ * passes through.
+ */
+export function conversionError(err: unknown, out: string): unknown {
+  if (err instanceof RegionVqaError) return err;
+  if (err instanceof RangeError && /float16 range/.test(err.message)) {
+    return new RegionVqaError("invalid_request", `cannot convert to fp16: ${err.message}`);
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === "ENOSPC" || e.code === "EACCES" || e.code === "EROFS") {
+    return new RegionVqaError("internal", `cannot write model folder ${out}: ${e.message}`);
+  }
+  return err;
+}
+
 /**
  * Write a model folder from a state dict whose configuration is already known (use
  * `inspectAlphaClipStateDict` to get it). Works with lazily read checkpoints and with in-memory
@@ -164,31 +190,17 @@ export async function convertVisionCheckpoint(
       `checkpoint ${opened.source.format}: width ${c.width}, ${c.layers} layers, ${c.heads} heads, patch ${c.patchSize}, ` +
         `image ${c.imageSize}, output ${c.outputDim}`,
     );
-    const stat = await fs.stat(options.checkpoint);
     const manifest = await writeAlphaClipModelFolder(inspected.stateDict, c, options.out, {
       precision: options.precision,
       name: options.name,
       zeroAlphaConv: !inspected.hasAlphaConv,
       extension: options.extension,
-      source: {
-        path: path.resolve(options.checkpoint),
-        sha256: await sha256File(options.checkpoint),
-        bytes: stat.size,
-        format: opened.source.format,
-      },
+      source: await checkpointSource(options.checkpoint, opened.source.format),
     });
     logger?.info(`wrote ${options.out} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return manifest;
   } catch (err) {
-    if (err instanceof RegionVqaError) throw err;
-    if (err instanceof RangeError && /float16 range/.test(err.message)) {
-      throw new RegionVqaError("invalid_request", `cannot convert to fp16: ${err.message}`);
-    }
-    const e = err as NodeJS.ErrnoException;
-    if (e.code === "ENOSPC" || e.code === "EACCES" || e.code === "EROFS") {
-      throw new RegionVqaError("internal", `cannot write model folder ${options.out}: ${e.message}`);
-    }
-    throw err;
+    throw conversionError(err, options.out);
   } finally {
     opened.close();
   }
