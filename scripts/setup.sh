@@ -23,6 +23,22 @@ fi
 
 can_apt() { [ "${SKIP_APT:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; }
 
+# Scale-out (deploy/local-cluster.sh and its tests): Debian's redis-server, HAProxy and nginx.
+cluster_missing=()
+command -v redis-server >/dev/null 2>&1 || cluster_missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || cluster_missing+=(haproxy)
+command -v nginx >/dev/null 2>&1 || cluster_missing+=(nginx-light)
+if [ ${#cluster_missing[@]} -gt 0 ]; then
+  if can_apt; then
+    echo "setup: installing ${cluster_missing[*]} (for the scale-out cluster)"
+    apt-get update -qq
+    # Installed, not started: the cluster script and the tests start their own on loopback ports.
+    RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${cluster_missing[@]}" >/dev/null
+  else
+    echo "setup: ${cluster_missing[*]} not found and cannot apt-get them; the cluster tests will be skipped" >&2
+  fi
+fi
+
 # WebGPU (ONNX Runtime's bundled Dawn) runs on any Vulkan driver. Mesa's lavapipe is a software one:
 # it lets the GPU code path run (and be tested) on machines without a GPU; `--device auto` never picks
 # it. Bookworm's Mesa 22.3 lavapipe gives Dawn no adapter, so there it comes from bookworm-backports

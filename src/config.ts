@@ -50,6 +50,22 @@ export interface RemoteImageConfig {
   timeoutMs: number;
 }
 
+/** State shared by replicas through Redis (off without `url`). See src/shared-state and docs/scale-out.md. */
+export interface SharedStateConfig {
+  /** `redis://host:port[/db]`; unset = no shared state (one process, as before). */
+  url?: string;
+  /** Prefix of every key (several deployments may share a Redis). */
+  keyPrefix: string;
+  /** Deadline of one Redis command; past it the request goes on from local state. */
+  commandTimeoutMs: number;
+  /** Lifetime of a shared region embedding. */
+  featureTtlMs: number;
+  /** Lifetime of a conversation transcript after its last turn. */
+  transcriptTtlMs: number;
+  /** Element type of shared embeddings (fp16 halves the bytes; every replica uses the rounded values). */
+  featureDtype: "fp16" | "fp32";
+}
+
 export interface ServerConfig {
   host: string;
   port: number;
@@ -64,11 +80,17 @@ export interface ServerConfig {
   shutdownGraceMs: number;
   /** Fastify request logging. */
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** This replica's name in the X-Region-VQA-Replica header; default its listen address host:port. */
+  replicaName?: string;
+  sharedState: SharedStateConfig;
 }
 
 /** A partial config: what a file, the environment or flags may set. */
-export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "remoteImages" | "model">> & {
+export type ServerConfigInput = Partial<
+  Omit<ServerConfig, "limits" | "remoteImages" | "model" | "sharedState">
+> & {
   limits?: Partial<ServerLimits>;
+  sharedState?: Partial<SharedStateConfig>;
   remoteImages?: Partial<RemoteImageConfig>;
   model?: Partial<ModelConfig>;
 };
@@ -97,6 +119,13 @@ export const defaultConfig: ServerConfig = {
   remoteImages: { allow: [], maxBytes: 10 * 1024 * 1024, timeoutMs: 10_000 },
   shutdownGraceMs: 30_000,
   logLevel: "warn",
+  sharedState: {
+    keyPrefix: "region-vqa:",
+    commandTimeoutMs: 250,
+    featureTtlMs: 60 * 60_000,
+    transcriptTtlMs: 24 * 60 * 60_000,
+    featureDtype: "fp16",
+  },
 };
 
 /** Each environment variable, the config field it sets and how it is read. Listed by `serve --help`. */
@@ -178,6 +207,37 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   },
   { name: "REGION_VQA_REMOTE_IMAGE_TIMEOUT_MS", field: "remoteImages.timeoutMs", help: "fetch time limit" },
   { name: "REGION_VQA_LOG_LEVEL", field: "logLevel", help: "fatal|error|warn|info|debug|trace|silent" },
+  {
+    name: "REGION_VQA_REPLICA",
+    field: "replicaName",
+    help: "name in the X-Region-VQA-Replica header (default host:port)",
+  },
+  {
+    name: "REGION_VQA_REDIS_URL",
+    field: "sharedState.url",
+    help: "Redis shared by replicas (features, transcripts); off when unset",
+  },
+  { name: "REGION_VQA_REDIS_PREFIX", field: "sharedState.keyPrefix", help: "prefix of the Redis keys" },
+  {
+    name: "REGION_VQA_REDIS_TIMEOUT_MS",
+    field: "sharedState.commandTimeoutMs",
+    help: "deadline of one Redis command",
+  },
+  {
+    name: "REGION_VQA_SHARED_FEATURE_TTL_MS",
+    field: "sharedState.featureTtlMs",
+    help: "lifetime of a shared region embedding",
+  },
+  {
+    name: "REGION_VQA_TRANSCRIPT_TTL_MS",
+    field: "sharedState.transcriptTtlMs",
+    help: "lifetime of a transcript after its last turn",
+  },
+  {
+    name: "REGION_VQA_SHARED_FEATURE_DTYPE",
+    field: "sharedState.featureDtype",
+    help: "fp16|fp32 element type of shared embeddings",
+  },
 ];
 
 const numericFields = new Set([
@@ -202,6 +262,9 @@ const numericFields = new Set([
   "shutdownGraceMs",
   "remoteImages.maxBytes",
   "remoteImages.timeoutMs",
+  "sharedState.commandTimeoutMs",
+  "sharedState.featureTtlMs",
+  "sharedState.transcriptTtlMs",
 ]);
 const listFields = new Set(["corsOrigins", "remoteImages.allow"]);
 
@@ -276,11 +339,12 @@ function mergeInto(base: ServerConfig, layer: ServerConfigInput | undefined): Se
   if (!layer) return base;
   const defined = <T extends object>(o: T | undefined): Partial<T> =>
     Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<T>;
-  const { limits, remoteImages, model, ...rest } = layer;
+  const { limits, remoteImages, model, sharedState, ...rest } = layer;
   return {
     ...base,
     ...defined(rest),
     limits: { ...base.limits, ...defined(limits) },
+    sharedState: { ...base.sharedState, ...defined(sharedState) },
     remoteImages: { ...base.remoteImages, ...defined(remoteImages) },
     model: { ...base.model, ...defined(model) },
   };
@@ -332,6 +396,18 @@ function validate(config: ServerConfig): ServerConfig {
       );
     }
   }
+  const shared = config.sharedState;
+  if (shared.url !== undefined && !/^rediss?:\/\/[^/]/.test(shared.url)) {
+    problems.push(`sharedState.url must be a redis:// or rediss:// URL, got "${shared.url}"`);
+  }
+  if (shared.featureDtype !== "fp16" && shared.featureDtype !== "fp32") {
+    problems.push("sharedState.featureDtype must be fp16 or fp32");
+  }
+  for (const key of ["commandTimeoutMs", "featureTtlMs", "transcriptTtlMs"] as const) {
+    if (!Number.isInteger(shared[key]) || shared[key] < 1)
+      problems.push(`sharedState.${key} must be a whole number >= 1`);
+  }
+  if (typeof shared.keyPrefix !== "string") problems.push("sharedState.keyPrefix must be text");
   if (problems.length > 0) {
     throw new RegionVqaError("invalid_request", `bad configuration: ${problems.join("; ")}`);
   }

@@ -5,7 +5,7 @@
  */
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ServerMetrics } from "../src/api/metrics.js";
+import { CACHE_METRIC_NAMES, ServerMetrics } from "../src/api/metrics.js";
 import type { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { decodeRle, type Mask } from "../src/vision/index.js";
 import { encodePng, maskIou } from "../src/shapes/index.js";
@@ -42,8 +42,7 @@ beforeAll(async () => {
   pipeline = await bundledPipelineWithSegmenter({
     maxConversations: 4,
     onStage: (stage, ms) => metrics.observeStage(stage, ms / 1000),
-    onCache: (hit, cache) =>
-      metrics.recordCache(cache === "segmenter" ? "segmenter_embeddings" : "vision_embeddings", hit),
+    onCache: (hit, cache) => metrics.recordCache(CACHE_METRIC_NAMES[cache], hit),
   });
   server = await startServer(pipeline, {}, { metrics });
   imageB64 = Buffer.from(await encodePng(rgb)).toString("base64");

@@ -3,6 +3,8 @@
  * an OpenAPI document (/docs/json) with a docs page (/docs), metrics, and the chat UI at `/`.
  */
 import { isUtf8 } from "node:buffer";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import fastifyCors from "@fastify/cors";
@@ -13,6 +15,7 @@ import Fastify, { type FastifyInstance } from "fastify";
 import { RegionVqaError } from "../common/errors.js";
 import { defaultConfig, type ServerConfig } from "../config.js";
 import type { RegionVqaPipeline } from "../pipeline/types.js";
+import type { SharedStateStatus } from "../shared-state/index.js";
 import { installErrorHandlers } from "./errors.js";
 import { PipelineHolder } from "./http.js";
 import { ServerMetrics } from "./metrics.js";
@@ -36,7 +39,17 @@ export interface BuildServerOptions {
   uiRoot?: string;
   /** Dispose the pipeline when the server closes (default true: the server owns it). */
   disposePipelineOnClose?: boolean;
+  /** The shared state (Redis) the pipeline uses, for /readyz and /metrics; its owner closes it. */
+  sharedState?: SharedStateHealth;
 }
+
+/** What the server reads of the shared state: its health. */
+export interface SharedStateHealth {
+  status(): SharedStateStatus;
+}
+
+/** Each response names the replica that served it (a load balancer's logs and tests can tell them apart). */
+export const REPLICA_HEADER = "x-region-vqa-replica";
 
 /** Each server's scheduler, for `closeGracefully`. */
 const schedulers = new WeakMap<FastifyInstance, RequestScheduler>();
@@ -118,8 +131,24 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   metrics.setQueueDepth("pipeline_requests", 0);
   metrics.setQueueDepth("pipeline_waiting", 0);
 
+  if (options.sharedState) {
+    const shared = options.sharedState;
+    metrics.watchSharedState(() => shared.status());
+  }
+  // The replica's name: configured, else the address it listens on (known once listening).
+  let replicaName = config.replicaName;
+  const replica = (): string => {
+    if (replicaName) return replicaName;
+    const address = app.server.address() as AddressInfo | null;
+    if (!address) return "unknown";
+    const wildcard = config.host === "0.0.0.0" || config.host === "::" || config.host === "";
+    replicaName = `${wildcard ? os.hostname() : config.host}:${address.port}`;
+    return replicaName;
+  };
+
   // Request counts and latencies per route, measured until the socket response ends (streams too).
   app.addHook("onRequest", async (request, reply) => {
+    reply.header(REPLICA_HEADER, replica());
     const started = process.hrtime.bigint();
     metrics.inFlight.inc();
     reply.raw.once("close", () => {
@@ -136,7 +165,8 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
       origin: config.corsOrigins.includes("*") ? true : config.corsOrigins,
       // DELETE ends a conversation (/v1/regions/conversations/{id}).
       methods: ["GET", "POST", "DELETE", "OPTIONS"],
-      allowedHeaders: ["authorization", "content-type"],
+      allowedHeaders: ["authorization", "content-type", "x-conversation-id"],
+      exposedHeaders: ["x-conversation-id", REPLICA_HEADER],
     });
   }
 
@@ -174,7 +204,7 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
   });
   await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 
-  await app.register(opsRoutes, { pipeline, metrics });
+  await app.register(opsRoutes, { pipeline, metrics, sharedState: options.sharedState });
   await app.register(regionsRoutes, { pipeline, config, metrics, scheduler });
   await app.register(segmentRoutes, { pipeline, config, metrics, scheduler });
   await app.register(classifyRoutes, { pipeline, config, metrics, scheduler });

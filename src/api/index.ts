@@ -1,5 +1,13 @@
 /** The HTTP server: Fastify app over a RegionVqaPipeline, its metrics registry and error mapping. */
-export { buildServer, closeGracefully, defaultUiRoot, type BuildServerOptions } from "./app.js";
+export {
+  buildServer,
+  closeGracefully,
+  defaultUiRoot,
+  REPLICA_HEADER,
+  type BuildServerOptions,
+  type SharedStateHealth,
+} from "./app.js";
+export { CONVERSATION_ID_HEADER } from "./routes/regions.js";
 export { RequestScheduler, type Lease, type SchedulerOptions } from "./scheduler.js";
-export { ServerMetrics, type PipelineMetricsSink } from "./metrics.js";
+export { CACHE_METRIC_NAMES, ServerMetrics, type PipelineMetricsSink } from "./metrics.js";
 export { errorBody, toRegionVqaError, type ErrorBody } from "./errors.js";

@@ -4,6 +4,14 @@
  * needs no knowledge of prom-client or HTTP.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { PipelineCache } from "../pipeline/index.js";
+
+/** The name of each pipeline cache in /metrics (`region_vqa_cache_lookups_total{cache=...}`). */
+export const CACHE_METRIC_NAMES: Record<PipelineCache, string> = {
+  vision: "vision_embeddings",
+  segmenter: "segmenter_embeddings",
+  shared: "shared_vision_embeddings",
+};
 
 /** What a pipeline may report. Every method is optional to call and cheap. */
 export interface PipelineMetricsSink {
@@ -75,6 +83,36 @@ export class ServerMetrics implements PipelineMetricsSink {
     labelNames: ["finish_reason"] as const,
     registers: [this.registry],
   });
+  readonly conversationTurns = new Counter({
+    name: "region_vqa_conversation_turns_total",
+    help: "Questions of /v1/regions/ask by how their KV cache was found: new (first turn), reused (held by this replica), rebuilt (from the shared transcript)",
+    labelNames: ["kv"] as const,
+    registers: [this.registry],
+  });
+  readonly sharedStateCommands = new Counter({
+    name: "region_vqa_shared_state_commands_total",
+    help: "Redis commands of the shared state by operation and result (ok, error; per key: hit, miss, rejected)",
+    labelNames: ["op", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly sharedStateDuration = new Histogram({
+    name: "region_vqa_shared_state_command_duration_seconds",
+    help: "Round trip of Redis commands of the shared state (failed ones included)",
+    labelNames: ["op"] as const,
+    buckets: [0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5],
+    registers: [this.registry],
+  });
+  /** Read at scrape time from `watchSharedState`'s source. */
+  private sharedStateSource?: () => { state: string } | undefined;
+  readonly sharedStateUp = new Gauge({
+    name: "region_vqa_shared_state_up",
+    help: "1 while the shared state (Redis) answers, 0 while degraded; absent without shared state",
+    registers: [this.registry],
+    collect: () => {
+      const status = this.sharedStateSource?.();
+      if (status) this.sharedStateUp.set(status.state === "ok" ? 1 : 0);
+    },
+  });
   readonly inFlight = new Gauge({
     name: "region_vqa_http_requests_in_flight",
     help: "HTTP requests being served now",
@@ -117,6 +155,17 @@ export class ServerMetrics implements PipelineMetricsSink {
     source: () => Record<string, { bytes: number; entries: number; maxBytes: number } | undefined>,
   ): void {
     this.cacheSource = source;
+  }
+
+  /** Reports the shared state's health at every scrape. */
+  watchSharedState(source: () => { state: string } | undefined): void {
+    this.sharedStateSource = source;
+  }
+
+  /** One shared-state command (the hook of `RedisSharedState`). */
+  recordSharedCommand(op: string, result: string, seconds: number): void {
+    this.sharedStateCommands.inc({ op, result });
+    if (result === "ok" || result === "error") this.sharedStateDuration.observe({ op }, seconds);
   }
 
   private collectCaches(): void {

@@ -34,6 +34,7 @@ export type ErrorCode =
   | "route_not_found"
   | "question_too_long"
   | "conversation_not_found"
+  | "conversation_exists"
   | "context_full"
   | "unauthorized"
   | "payload_too_large"
@@ -83,6 +84,8 @@ export function httpStatusFor(code: ErrorCode): number {
       return 404;
     case "timeout":
       return 408;
+    case "conversation_exists":
+      return 409;
     case "payload_too_large":
     case "image_too_large":
       return 413;

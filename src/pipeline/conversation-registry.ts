@@ -26,6 +26,13 @@ export interface StartConversationOptions {
   register?: boolean;
   /** Wait for a slot as long as `signal` allows instead of `slotWaitMs` (callers that must not fail). */
   waitForSlot?: boolean;
+  /** The conversation's id (a client's, or a transcript's being continued); default a new random one. */
+  id?: string;
+  /**
+   * Runs after each answer, before the answer's `result` resolves: e.g. writes the transcript to the
+   * shared state, so that nothing a client has been told is lost when this process dies right after.
+   */
+  afterTurn?: (conversation: Conversation) => Promise<void>;
 }
 
 interface Entry {
@@ -34,6 +41,17 @@ interface Entry {
   /** Answers being generated right now. */
   busy: number;
 }
+
+/** A new conversation id: `conv_` and 32 hex digits. */
+export function newConversationId(): string {
+  return `conv_${randomUUID().replace(/-/g, "")}`;
+}
+
+/**
+ * Ids a client may choose (for a load balancer that hashes on the id from the first turn): 8 to 128
+ * letters, digits, `_`, `-`, `.`, `:`. They end up in Redis keys, logs and headers.
+ */
+export const CONVERSATION_ID_PATTERN = /^[A-Za-z0-9_.:-]{8,128}$/;
 
 export class ConversationRegistry {
   private readonly entries = new Map<string, Entry>();
@@ -64,7 +82,7 @@ export class ConversationRegistry {
   /** Starts a conversation on one region's embeddings (evaluates the prompt, the image and `history`). */
   async start(image: RegionEmbeddings, options: StartConversationOptions = {}): Promise<Conversation> {
     for (const turn of options.history ?? []) checkQuestion(turn.question, this.options.maxQuestionChars);
-    const id = `conv_${randomUUID().replace(/-/g, "")}`;
+    const id = options.id ?? newConversationId();
     if (this.llm.activeConversations >= this.llm.maxConversations) await this.evictIdle();
     const slotWaitMs = options.waitForSlot ? undefined : this.options.slotWaitMs;
     const signals = [options.signal, slotWaitMs !== undefined ? AbortSignal.timeout(slotWaitMs) : undefined];
@@ -97,7 +115,7 @@ export class ConversationRegistry {
       if (waiting) this.slotWaiters--;
     }
     this.options.onStage("prefill", performance.now() - t0);
-    const conversation = this.wrap(inner);
+    const conversation = this.wrap(inner, options.afterTurn);
     if (options.register !== false) this.entries.set(id, { conversation, lastUsed: Date.now(), busy: 0 });
     return conversation;
   }
@@ -114,12 +132,12 @@ export class ConversationRegistry {
   }
 
   /** Checks questions, keeps the idle clock fresh and counts answers in progress. */
-  private wrap(inner: Conversation): Conversation {
+  private wrap(inner: Conversation, afterTurn?: (conversation: Conversation) => Promise<void>): Conversation {
     const touch = (): void => {
       const e = this.entries.get(inner.id);
       if (e) e.lastUsed = Date.now();
     };
-    return {
+    const conversation: Conversation = {
       id: inner.id,
       get turns(): readonly Turn[] {
         return inner.turns;
@@ -136,13 +154,19 @@ export class ConversationRegistry {
           if (this.slotWaiters > 0) void this.evictIdle();
         };
         void stream.result.then(done, done);
-        return stream;
+        if (!afterTurn) return stream;
+        const recorded = stream.result.then(async (result) => {
+          await afterTurn(conversation).catch(() => undefined);
+          return result;
+        });
+        return { [Symbol.asyncIterator]: () => stream[Symbol.asyncIterator](), result: recorded };
       },
       dispose: async (): Promise<void> => {
         this.entries.delete(inner.id);
         await inner.dispose();
       },
     };
+    return conversation;
   }
 
   private async closeIdle(ttlMs: number): Promise<void> {

@@ -4,13 +4,20 @@ export {
   DEFAULT_CAPTION_PROMPTS,
   PIPELINE_DEFAULTS,
   resolvePipelineOptions,
+  type PipelineCache,
   type PipelineLogger,
   type PipelineOptions,
   type PipelineStage,
   type ResolvedPipelineOptions,
+  type SharedPipelineState,
 } from "./options.js";
-export { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
-export { ConversationRegistry, type StartConversationOptions } from "./conversation-registry.js";
+export { RegionEmbedder, type RegionEmbeddings, type SharedFeatureCache } from "./region-embedder.js";
+export {
+  CONVERSATION_ID_PATTERN,
+  ConversationRegistry,
+  newConversationId,
+  type StartConversationOptions,
+} from "./conversation-registry.js";
 export { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 export type * from "./types.js";
 export {

@@ -6,13 +6,26 @@ import os from "node:os";
 import { DEFAULT_MAX_QUESTION_CHARS, DEFAULT_MAX_REGIONS } from "../common/limits.js";
 import type { OrtDevice } from "../common/ort/index.js";
 import type { LlmGpu } from "../llm/index.js";
+import type { Transcript } from "../shared-state/index.js";
 import { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "../vision/index.js";
+import type { SharedFeatureCache } from "./region-embedder.js";
+
+/**
+ * State shared with other replicas (`RedisSharedState` in src/shared-state): a second tier of the vision
+ * cache, and conversation transcripts so that another replica can continue a conversation.
+ */
+export interface SharedPipelineState extends SharedFeatureCache {
+  getTranscript(id: string): Promise<Transcript | undefined>;
+  putTranscript(transcript: Transcript): Promise<void>;
+  deleteTranscript(id: string): Promise<void>;
+}
 
 /** The stages whose timings the pipeline reports (to logs, metrics and benchmarks). */
 /** The pipeline's content-keyed caches. */
-export type PipelineCache = "vision" | "segmenter";
+export type PipelineCache = "vision" | "segmenter" | "shared";
 
-export type PipelineStage = "decode" | "segment" | "preprocess" | "encode" | "project" | "prefill";
+export type PipelineStage =
+  "decode" | "segment" | "preprocess" | "encode" | "project" | "prefill" | "rebuild";
 
 export interface PipelineLogger {
   info(message: string): void;
@@ -77,6 +90,8 @@ export interface PipelineOptions {
   onStage?: (stage: PipelineStage, ms: number) => void;
   /** Called on each lookup of the vision cache or the segmenter's image-embedding cache (metrics hook). */
   onCache?: (hit: boolean, cache: PipelineCache) => void;
+  /** Shared with other replicas (Redis); the caller owns it (connects and closes it). */
+  sharedState?: SharedPipelineState;
 }
 
 export const DEFAULT_CAPTION_PROMPTS = {
@@ -107,10 +122,21 @@ const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefi
 export type ResolvedPipelineOptions = Required<
   Omit<
     PipelineOptions,
-    "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp" | "onStage" | "onCache"
+    | "projector"
+    | "segmenter"
+    | "text"
+    | "contextSize"
+    | "systemPrompt"
+    | "warmUp"
+    | "onStage"
+    | "onCache"
+    | "sharedState"
   >
 > &
-  Pick<PipelineOptions, "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp"> & {
+  Pick<
+    PipelineOptions,
+    "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp" | "sharedState"
+  > & {
     onStage: (stage: PipelineStage, ms: number) => void;
     onCache: (hit: boolean, cache: PipelineCache) => void;
   };

@@ -4,6 +4,7 @@
  * owns their lifetime; the work is in those two.
  */
 import { createHash } from "node:crypto";
+import { modelFingerprint } from "../common/fingerprint.js";
 import { RegionVqaError } from "../common/errors.js";
 import { LlavaModel, type AnswerResult, type Conversation, type GenerationOptions } from "../llm/index.js";
 import {
@@ -14,13 +15,14 @@ import {
 } from "../segmenter/index.js";
 import { decodeImage, type Region, type RgbImage } from "../vision/index.js";
 import { checkLabels, l2Normalize, RegionClassifier, type ClassifyResult } from "./region-classifier.js";
-import { ConversationRegistry } from "./conversation-registry.js";
+import { CONVERSATION_ID_PATTERN, ConversationRegistry } from "./conversation-registry.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
 import type {
   ModelsInfo,
   OpenConversationOptions,
   PipelineStats,
+  ResumedConversation,
   RegionVqaPipeline,
   SegmentOptions,
 } from "./types.js";
@@ -36,6 +38,8 @@ const EMBED_TEXT_BATCH = 64;
 export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   readonly models: ModelsInfo;
   private disposed = false;
+  /** Rebuilds in progress by conversation id: concurrent follow-ups share one. */
+  private readonly rebuilding = new Map<string, Promise<Conversation | undefined>>();
 
   private constructor(
     private readonly options: ResolvedPipelineOptions,
@@ -44,6 +48,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     private readonly conversations: ConversationRegistry,
     private readonly segmenter: SamSegmenter | undefined,
     private readonly classifier: RegionClassifier | undefined,
+    /**
+     * Identity of the models a conversation depends on (vision, projector, LLM content fingerprints):
+     * a transcript is only continued by a replica whose identity is the same.
+     */
+    private readonly conversationModels: string,
   ) {
     this.models = {
       id: options.modelId,
@@ -63,10 +72,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
 
   static async create(options: PipelineOptions): Promise<LocalRegionVqaPipeline> {
     const o = resolvePipelineOptions(options);
-    const embedder = await RegionEmbedder.load(o);
+    const embedder = await RegionEmbedder.load(o, o.sharedState);
     let llm: LlavaModel | undefined;
     let segmenter: SamSegmenter | undefined;
     let classifier: RegionClassifier | undefined;
+    let conversationModels = "";
     try {
       if (o.text) {
         classifier = await RegionClassifier.load(o.text, {
@@ -93,6 +103,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
         template: o.systemPrompt !== undefined ? { systemPrompt: o.systemPrompt } : undefined,
       });
       embedder.assertFits(llm.embeddingSize);
+      conversationModels = createHash("sha256")
+        .update(`${embedder.modelKey}|${await modelFingerprint(o.llm)}`)
+        .digest("hex");
       if (o.warmUp ?? embedder.provider !== "cpu") {
         const ms = await embedder.warmUp();
         o.logger.info(`vision warm-up on ${embedder.device}: ${ms.toFixed(0)} ms`);
@@ -116,6 +129,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       new ConversationRegistry(llm, o),
       segmenter,
       classifier,
+      conversationModels,
     );
   }
 
@@ -226,13 +240,114 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     region: Region,
     options: OpenConversationOptions = {},
   ): Promise<Conversation> {
+    if (options.id !== undefined) await this.checkNewId(options.id);
     const [embeddings] = await this.embedRegions(image, [region], options.decoded);
     if (options.signal?.aborted) throw new RegionVqaError("aborted", "the request was cancelled");
-    return this.conversations.start(embeddings, options);
+    return this.conversations.start(embeddings, {
+      ...options,
+      afterTurn: this.transcriptWriter(embeddings.key, options.systemPrompt),
+    });
+  }
+
+  /** A client-chosen id must be well formed and not taken, here or (with shared state) elsewhere. */
+  private async checkNewId(id: string): Promise<void> {
+    if (typeof id !== "string" || !CONVERSATION_ID_PATTERN.test(id)) {
+      throw new RegionVqaError(
+        "invalid_request",
+        "A conversation id is 8 to 128 characters of letters, digits, '_', '-', '.' and ':'.",
+      );
+    }
+    if (this.conversations.get(id) || (await this.options.sharedState?.getTranscript(id))) {
+      throw new RegionVqaError(
+        "conversation_exists",
+        `A conversation "${id}" exists; continue it without an image, or choose another id.`,
+      );
+    }
+  }
+
+  /** With shared state: after each answer, the whole transcript goes to Redis (before the client hears the answer). */
+  private transcriptWriter(
+    featureKey: string | undefined,
+    systemPrompt: string | undefined,
+  ): ((conversation: Conversation) => Promise<void>) | undefined {
+    const shared = this.options.sharedState;
+    if (!shared || !featureKey) return undefined;
+    return (conversation) =>
+      shared.putTranscript({
+        version: 1,
+        id: conversation.id,
+        models: this.conversationModels,
+        featureKey,
+        ...(systemPrompt !== undefined ? { systemPrompt } : {}),
+        turns: conversation.turns.map((t) => ({ question: t.question, answer: t.answer })),
+        updatedAt: new Date().toISOString(),
+      });
   }
 
   getConversation(id: string): Conversation | undefined {
     return this.conversations.get(id);
+  }
+
+  async resumeConversation(
+    id: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<ResumedConversation | undefined> {
+    this.assertOpen();
+    const local = this.conversations.get(id);
+    if (local) return { conversation: local, rebuilt: false };
+    if (!this.options.sharedState) return undefined;
+    let pending = this.rebuilding.get(id);
+    if (!pending) {
+      pending = this.rebuild(id, options.signal).finally(() => this.rebuilding.delete(id));
+      this.rebuilding.set(id, pending);
+    }
+    const conversation = await pending;
+    return conversation && { conversation, rebuilt: true };
+  }
+
+  /**
+   * A conversation this process does not hold (another replica's, or one evicted here): its transcript
+   * and its region's shared embeddings -> the same prompt, image rows and turns evaluated again.
+   */
+  private async rebuild(id: string, signal: AbortSignal | undefined): Promise<Conversation | undefined> {
+    const shared = this.options.sharedState!;
+    const t0 = performance.now();
+    const transcript = await shared.getTranscript(id);
+    if (!transcript) return undefined;
+    if (transcript.models !== this.conversationModels) {
+      throw new RegionVqaError(
+        "conversation_not_found",
+        `Conversation "${id}" was held by a server with other models; start again with an image.`,
+      );
+    }
+    const embeddings = await this.embedder.lookup(transcript.featureKey);
+    if (!embeddings) {
+      throw new RegionVqaError(
+        "conversation_not_found",
+        `Conversation "${id}" can no longer be continued: its region's embeddings expired from the shared cache. Start again with the image.`,
+      );
+    }
+    if (signal?.aborted) throw new RegionVqaError("aborted", "the request was cancelled");
+    const conversation = await this.conversations.start(embeddings, {
+      id,
+      history: transcript.turns,
+      systemPrompt: transcript.systemPrompt,
+      signal,
+      afterTurn: this.transcriptWriter(transcript.featureKey, transcript.systemPrompt),
+    });
+    this.options.logger.info(
+      `rebuilt conversation ${id} (${transcript.turns.length} turns) from the shared state`,
+    );
+    this.options.onStage("rebuild", performance.now() - t0);
+    return conversation;
+  }
+
+  async closeConversation(id: string): Promise<boolean> {
+    const local = this.conversations.get(id);
+    const known = local !== undefined || (await this.options.sharedState?.getTranscript(id)) !== undefined;
+    await local?.dispose();
+    await this.options.sharedState?.deleteTranscript(id);
+    return known;
   }
 
   async captionRegions(
@@ -281,6 +396,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   clearVisionCache(): void {
     this.embedder.clearCache();
     this.segmenter?.clearCache();
+  }
+
+  /** Drops every cached text feature of the classifier (e.g. for cold classification benchmarks). */
+  clearTextCache(): void {
+    this.classifier?.clearCache();
   }
 
   private assertOpen(): void {

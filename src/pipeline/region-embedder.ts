@@ -20,6 +20,8 @@ import {
   type RgbImage,
 } from "../vision/index.js";
 import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
+import { modelFingerprint } from "../common/fingerprint.js";
+import { roundForSharing, type SharedFeatureDtype, type StoredEmbeddings } from "../shared-state/index.js";
 import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
 
 /** Projected image embeddings of one region, ready for the LLM: `count` rows of n_embd, row-major. */
@@ -31,6 +33,15 @@ export interface RegionEmbeddings {
    * outputs it: what zero-shot classification and region embeddings compare with text.
    */
   imageEmbed?: Float32Array;
+  /** Content key in the vision cache (local and shared): model identity, image hash, mask hash. */
+  key?: string;
+}
+
+/** The part of the shared state (src/shared-state) the embedder uses: a second, cross-replica cache tier. */
+export interface SharedFeatureCache {
+  readonly featureDtype: SharedFeatureDtype;
+  getFeatures(keys: string[]): Promise<Array<StoredEmbeddings | undefined>>;
+  putFeatures(key: string, value: StoredEmbeddings): Promise<void>;
 }
 
 type EmbedderOptions = Pick<
@@ -64,22 +75,32 @@ function splitBatch(t: Tensor): RegionEmbeddings[] {
 
 export class RegionEmbedder {
   private readonly cache: ByteLruCache<RegionEmbeddings>;
-  /** Cache keys start with the models' identity, so swapped models never meet stale entries. */
-  private readonly modelKey: string;
+  /** Shared writes not yet acknowledged (awaited on dispose). */
+  private readonly pendingShares = new Set<Promise<void>>();
 
   private constructor(
     private readonly options: EmbedderOptions,
     private readonly encoder: AlphaClipEncoder,
     private readonly projector: LlavaProjector | undefined,
+    /**
+     * Cache keys start with the models' content fingerprint (not their paths), so swapped models never
+     * meet stale entries and replicas with the same models at different paths share entries.
+     */
+    readonly modelKey: string,
+    private readonly shared: SharedFeatureCache | undefined,
   ) {
-    this.modelKey = sha256(new TextEncoder().encode(`${options.vision}|${options.projector ?? "fused"}`));
     this.cache = new ByteLruCache(
       options.visionCacheBytes,
       (v) => v.data.byteLength + (v.imageEmbed?.byteLength ?? 0),
     );
   }
 
-  static async load(options: EmbedderOptions): Promise<RegionEmbedder> {
+  static async load(options: EmbedderOptions, shared?: SharedFeatureCache): Promise<RegionEmbedder> {
+    const modelKey = sha256(
+      new TextEncoder().encode(
+        `${await modelFingerprint(options.vision)}|${options.projector ? await modelFingerprint(options.projector) : "fused"}`,
+      ),
+    );
     const encoder = await AlphaClipEncoder.load(options.vision, {
       device: options.device,
       threads: options.visionThreads,
@@ -87,7 +108,7 @@ export class RegionEmbedder {
     });
     try {
       if (encoder.manifest.kind === "alpha-clip-llava-fused")
-        return new RegionEmbedder(options, encoder, undefined);
+        return new RegionEmbedder(options, encoder, undefined, modelKey, shared);
       if (!options.projector) {
         throw new RegionVqaError(
           "model_invalid",
@@ -99,7 +120,7 @@ export class RegionEmbedder {
         threads: options.visionThreads,
         device: encoder.provider,
       });
-      return new RegionEmbedder(options, encoder, projector);
+      return new RegionEmbedder(options, encoder, projector, modelKey, shared);
     } catch (err) {
       await encoder.dispose().catch(() => undefined);
       throw err;
@@ -157,7 +178,20 @@ export class RegionEmbedder {
       this.options.onCache(hit !== undefined, "vision");
       return hit;
     });
-    const todo = results.flatMap((r, i) => (r ? [] : [i]));
+    let todo = results.flatMap((r, i) => (r ? [] : [i]));
+    if (todo.length > 0 && this.shared) {
+      // Second tier: what another replica (or this one, before a restart) already encoded.
+      const remote = await this.shared.getFeatures(todo.map((i) => keys[i]));
+      todo.forEach((i, j) => {
+        const found = remote[j];
+        this.options.onCache(found !== undefined, "shared");
+        if (!found) return;
+        const value: RegionEmbeddings = { ...found, key: keys[i] };
+        results[i] = value;
+        this.cache.set(keys[i], value);
+      });
+      todo = todo.filter((i) => !results[i]);
+    }
     if (todo.length === 0) return results as RegionEmbeddings[];
 
     const size = this.encoder.imageSize;
@@ -189,12 +223,40 @@ export class RegionEmbedder {
     splitBatch(projected).forEach((block, j) => {
       const i = todo[j];
       // Own copy per region so that evicting or transferring one never touches another.
-      const own: RegionEmbeddings = { data: block.data.slice(), count: block.count };
+      let own: RegionEmbeddings = { data: block.data.slice(), count: block.count, key: keys[i] };
       if (embed) own.imageEmbed = embed.data.slice(j * embedWidth, (j + 1) * embedWidth);
+      if (this.shared) {
+        // This replica uses exactly the values the others will read back.
+        own = { ...roundForSharing(own, this.shared.featureDtype), key: keys[i] };
+        this.share(keys[i], own);
+      }
       results[i] = own;
       this.cache.set(keys[i], own);
     });
     return results as RegionEmbeddings[];
+  }
+
+  /** Writes an entry to the shared tier in the background; a failure is the shared state's to count. */
+  private share(key: string, value: RegionEmbeddings): void {
+    const shared = this.shared!;
+    const write = shared
+      .putFeatures(key, value)
+      .catch(() => undefined)
+      .finally(() => this.pendingShares.delete(write));
+    this.pendingShares.add(write);
+  }
+
+  /** The shared tier first, then this replica's cache: an entry by key, without encoding. */
+  async lookup(key: string): Promise<RegionEmbeddings | undefined> {
+    const local = this.cache.get(key);
+    if (local) return local;
+    if (!this.shared) return undefined;
+    const [found] = await this.shared.getFeatures([key]);
+    this.options.onCache(found !== undefined, "shared");
+    if (!found) return undefined;
+    const value: RegionEmbeddings = { ...found, key };
+    this.cache.set(key, value);
+    return value;
   }
 
   /**
@@ -222,6 +284,7 @@ export class RegionEmbedder {
   }
 
   async dispose(): Promise<void> {
+    await Promise.all(this.pendingShares);
     await this.projector?.dispose();
     await this.encoder.dispose();
   }

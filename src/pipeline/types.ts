@@ -18,6 +18,18 @@ export interface OpenConversationOptions {
    * conversation is returned and the caller, seeing its signal fired, disposes of it.
    */
   signal?: AbortSignal;
+  /**
+   * The conversation's id, chosen by the client (see CONVERSATION_ID_PATTERN), e.g. so that a load
+   * balancer hashing on it routes the first turn where the follow-ups will go. Refused with
+   * `conversation_exists` when taken.
+   */
+  id?: string;
+}
+
+/** A conversation found for a follow-up: held here, or `rebuilt` from its shared transcript. */
+export interface ResumedConversation {
+  conversation: Conversation;
+  rebuilt: boolean;
 }
 
 export interface ModelsInfo {
@@ -57,6 +69,16 @@ export interface RegionVqaPipeline {
     options?: OpenConversationOptions,
   ): Promise<Conversation>;
   getConversation(id: string): Conversation | undefined;
+  /**
+   * A conversation for a follow-up: this process's, or (with shared state) one rebuilt from its
+   * transcript and the shared region embeddings (prefill, no encoding). Undefined when unknown.
+   */
+  resumeConversation?(
+    id: string,
+    options?: { signal?: AbortSignal },
+  ): Promise<ResumedConversation | undefined>;
+  /** Ends a conversation here and in the shared state; false when it was known to neither. */
+  closeConversation?(id: string): Promise<boolean>;
   /** One caption per region; the regions of one image are encoded in one batch. */
   captionRegions(
     image: Uint8Array,

@@ -5,7 +5,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { RegionVqaError } from "../../common/errors.js";
 import { checkQuestion } from "../../common/limits.js";
-import type { Conversation } from "../../pipeline/types.js";
+import type { RegionVqaPipeline, ResumedConversation } from "../../pipeline/types.js";
 import {
   answerQuestion,
   regionsOf,
@@ -93,6 +93,33 @@ function nativeFormat(model: string): AnswerFormat<unknown> {
     streamDone: (events, answer) => events.send(json(answer), "done"),
     streamError: (events, err) => events.send(errorBody(err), "error"),
   };
+}
+
+/**
+ * The conversation id as a header, on answers and (optionally) on requests: load balancers route on
+ * headers without reading bodies (deploy/haproxy.cfg learns it from the first answer).
+ */
+export const CONVERSATION_ID_HEADER = "x-conversation-id";
+
+function conversationIdHeader(value: string | string[] | undefined): string | undefined {
+  const text = Array.isArray(value) ? value[0] : value;
+  return text && text.trim() !== "" ? text.trim() : undefined;
+}
+
+function notFound(id: string): RegionVqaError {
+  return new RegionVqaError(
+    "conversation_not_found",
+    `No conversation "${id}" (it may have expired); start again with an image.`,
+  );
+}
+
+/** This process's conversation, else (with shared state) one rebuilt from its transcript. */
+async function followUp(p: RegionVqaPipeline, id: string, signal: AbortSignal): Promise<ResumedConversation> {
+  const local = p.getConversation(id);
+  if (local) return { conversation: local, rebuilt: false };
+  const resumed = await p.resumeConversation?.(id, { signal });
+  if (!resumed) throw notFound(id);
+  return resumed;
 }
 
 const regionsRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) => {
@@ -236,26 +263,35 @@ const regionsRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) 
       const question = checkQuestion(body.question, limits.maxQuestionChars);
       const generation = generationOptions(body, limits);
 
-      let existing: Conversation | undefined;
+      // The id may come in the body or, for load balancers that route on it, the X-Conversation-Id header.
+      const headerId = conversationIdHeader(request.headers[CONVERSATION_ID_HEADER]);
+      const bodyId =
+        typeof body.conversation_id === "string" && body.conversation_id !== ""
+          ? body.conversation_id
+          : undefined;
+      if (bodyId && headerId && bodyId !== headerId) {
+        throw new RegionVqaError(
+          "invalid_request",
+          `conversation_id "${bodyId}" and the X-Conversation-Id header "${headerId}" differ.`,
+        );
+      }
+      const hasImageOrRegion = ["image", "mask", "region", "regions", "box", "polygon", "rle", "points"].some(
+        (k) => body[k] !== undefined && body[k] !== "",
+      );
+      // A header id with an image starts a conversation under the client's id; without one it is a follow-up.
+      const followUpId = bodyId ?? (hasImageOrRegion ? undefined : headerId);
+      const newId = followUpId === undefined ? headerId : undefined;
       let image: Uint8Array | undefined;
       let specs: RegionSpec[] = [];
-      if (typeof body.conversation_id === "string" && body.conversation_id !== "") {
-        const hasImageOrRegion = ["image", "mask", "region", "regions", "box", "polygon", "rle"].some(
-          (k) => body[k] !== undefined && body[k] !== "",
-        );
+      if (followUpId !== undefined) {
         if (hasImageOrRegion) {
           throw new RegionVqaError(
             "invalid_request",
             "A follow-up continues its conversation's image and region: send conversation_id and question only.",
           );
         }
-        existing = p.getConversation(body.conversation_id);
-        if (!existing) {
-          throw new RegionVqaError(
-            "conversation_not_found",
-            `No conversation "${body.conversation_id}" (it may have expired); start again with an image.`,
-          );
-        }
+        // Known neither here nor (with shared state) elsewhere: refused before queueing for a turn.
+        if (!p.getConversation(followUpId) && !p.resumeConversation) throw notFound(followUpId);
       } else {
         image = bytesFromField(body.image, "image", {
           missing: "image_missing",
@@ -280,13 +316,21 @@ const regionsRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) 
         stream: body.stream === true,
         format: nativeFormat(p.models.id),
         conversation: async (lease) => {
-          if (existing) return { conversation: existing, opened: false };
+          if (followUpId !== undefined) {
+            const found = await followUp(p, followUpId, lease.signal);
+            metrics.conversationTurns.inc({ kv: found.rebuilt ? "rebuilt" : "reused" });
+            reply.header(CONVERSATION_ID_HEADER, found.conversation.id);
+            return { conversation: found.conversation, opened: false };
+          }
           const { regions, decoded } = await regionsOf(route, lease, image!, specs);
           const conversation = await p.openConversation(image!, regions[0], {
             systemPrompt,
             signal: lease.signal,
             decoded,
+            ...(newId !== undefined ? { id: newId } : {}),
           });
+          metrics.conversationTurns.inc({ kv: "new" });
+          reply.header(CONVERSATION_ID_HEADER, conversation.id);
           return { conversation, opened: true };
         },
       });
@@ -314,10 +358,16 @@ const conversationRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, { 
     },
     async (request) => {
       const { id } = request.params as { id: string };
-      const conversation = pipeline.get().getConversation(id);
-      if (!conversation)
+      const p = pipeline.get();
+      // With shared state the transcript goes too, so no replica continues it afterwards.
+      const closed = p.closeConversation
+        ? await p.closeConversation(id)
+        : await p
+            .getConversation(id)
+            ?.dispose()
+            .then(() => true);
+      if (!closed)
         throw new RegionVqaError("conversation_not_found", `No conversation "${id}" (it may have expired).`);
-      await conversation.dispose();
       return { conversation_id: id, closed: true };
     },
   );

@@ -1,8 +1,9 @@
 import { Command, Option } from "commander";
-import { buildServer, closeGracefully, ServerMetrics } from "../../api/index.js";
+import { buildServer, CACHE_METRIC_NAMES, closeGracefully, ServerMetrics } from "../../api/index.js";
 import { RegionVqaError } from "../../common/errors.js";
 import { environmentVariables, loadConfig, type ServerConfig, type ServerConfigInput } from "../../config.js";
 import { createPipeline } from "../../pipeline/index.js";
+import { RedisSharedState } from "../../shared-state/index.js";
 import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
 import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
@@ -13,6 +14,8 @@ interface ServeCliOptions extends ModelCliOptions {
   config?: string;
   cors?: string;
   logLevel?: ServerConfig["logLevel"];
+  redis?: string;
+  replicaName?: string;
 }
 
 /** Flags -> a typed config layer (only the flags given; the rest comes from defaults, file and environment). */
@@ -25,12 +28,42 @@ function flagsToConfig(opts: ServeCliOptions): ServerConfigInput {
       .map((s) => s.trim())
       .filter(Boolean),
     logLevel: opts.logLevel,
+    replicaName: opts.replicaName,
+    sharedState: { url: opts.redis },
     model: modelConfigFromFlags(opts),
   };
 }
 
+/** The shared state named by the config (connecting in the background), or undefined without a Redis URL. */
+export function sharedStateFromConfig(
+  config: ServerConfig,
+  metrics: ServerMetrics,
+): RedisSharedState | undefined {
+  const s = config.sharedState;
+  if (!s.url) return undefined;
+  const shared = new RedisSharedState({
+    url: s.url,
+    keyPrefix: s.keyPrefix,
+    commandTimeoutMs: s.commandTimeoutMs,
+    featureTtlMs: s.featureTtlMs,
+    transcriptTtlMs: s.transcriptTtlMs,
+    featureDtype: s.featureDtype,
+    logger: {
+      info: (m) => process.stderr.write(`region-vqa: ${m}\n`),
+      warn: (m) => process.stderr.write(`region-vqa: ${m}\n`),
+    },
+    onCommand: (op, result, seconds) => metrics.recordSharedCommand(op, result, seconds),
+  });
+  void shared.connect();
+  return shared;
+}
+
 /** Loads the models named by the config, reporting stage timings and cache lookups into `metrics`. */
-export async function pipelineFromConfig(config: ServerConfig, metrics: ServerMetrics) {
+export async function pipelineFromConfig(
+  config: ServerConfig,
+  metrics: ServerMetrics,
+  sharedState?: RedisSharedState,
+) {
   const models = await resolveModelOptions(config.model);
   const limits = config.limits;
   return createPipeline({
@@ -41,8 +74,8 @@ export async function pipelineFromConfig(config: ServerConfig, metrics: ServerMe
     conversationTtlMs: limits.conversationTtlMs,
     decodeLimits: { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels },
     onStage: (stage, ms) => metrics.observeStage(stage, ms / 1000),
-    onCache: (hit, cache) =>
-      metrics.recordCache(cache === "segmenter" ? "segmenter_embeddings" : "vision_embeddings", hit),
+    onCache: (hit, cache) => metrics.recordCache(CACHE_METRIC_NAMES[cache], hit),
+    sharedState,
   });
 }
 
@@ -60,6 +93,14 @@ export function register(program: Command): void {
     .option("--config <file.json>", "JSON config file (same shape as the config object; see docs/api.md)");
   addModelOptions(cmd)
     .option("--cors <origins>", "comma-separated origins allowed by CORS (off by default)")
+    .option(
+      "--redis <url>",
+      "share region embeddings and conversation transcripts with other replicas through this Redis (redis://host:port[/db])",
+    )
+    .option(
+      "--replica-name <name>",
+      "this replica's name in the X-Region-VQA-Replica header (default host:port)",
+    )
     .addOption(
       new Option("--log-level <level>", "request log level").choices([
         "fatal",
@@ -80,10 +121,13 @@ export function register(program: Command): void {
     .action(async (opts: ServeCliOptions) => {
       const config = loadConfig({ file: opts.config, flags: flagsToConfig(opts) });
       const metrics = new ServerMetrics();
-      const loading = pipelineFromConfig(config, metrics);
+      const sharedState = sharedStateFromConfig(config, metrics);
+      const loading = pipelineFromConfig(config, metrics, sharedState);
       // Until `loading` settles, an unhandled rejection must not end the process before we report it.
       loading.catch(() => undefined);
-      const app = await buildServer({ pipeline: loading, config, metrics });
+      const app = await buildServer({ pipeline: loading, config, metrics, sharedState });
+      // Closed after the pipeline (whose last transcript writes still need it).
+      if (sharedState) app.addHook("onClose", () => sharedState.close());
       const url = await app.listen({ host: config.host, port: config.port });
       process.stderr.write(`region-vqa: listening on ${url} (UI at ${url}/, API docs at ${url}/docs)\n`);
       const started = Date.now();
