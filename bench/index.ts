@@ -5,16 +5,19 @@
  * prints the markdown tables. Each part runs in a child process of its own, so memory peaks and
  * native engines do not mix between models.
  *
- *   npm run bench -- [--only pipeline,concurrency,segmenter,vision,llm] [--model bundled,shapes,tiny,full]
+ *   npm run bench -- [--only pipeline,concurrency,segmenter,classify,vision,llm] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N]
  *     [--device auto|webgpu|cuda|cpu] [--gpu false|auto|cuda|vulkan|metal] [--max-conversations N]
- *     [--endpoint ask|caption] [--seg-images N] [--seg-clicks N] [--out DIR]
+ *     [--endpoint ask|caption] [--seg-images N] [--seg-clicks N] [--cls-labels 1,24,1000]
+ *     [--cls-templates N] [--out DIR]
  *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
  * one CPU request takes many seconds), segmenter (bench/segmenter.ts: the bundled segmenter and a
- * SAM 2.1-tiny-shaped stand-in on the CPU, with --threads ONNX threads; --model does not apply).
+ * SAM 2.1-tiny-shaped stand-in on the CPU, with --threads ONNX threads; --model does not apply),
+ * classify (bench/classify.ts: text encoding and zero-shot classify latency on the bundled model's CLIP
+ * text tower, CPU, --threads ONNX threads, --repeats runs per row; --model does not apply).
  * vision and llm run bench/vision.ts and bench/llm.ts.
  * On a software adapter (Mesa's lavapipe), `--device webgpu` numbers check the GPU path, not its speed.
  */
@@ -26,6 +29,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ORT_DEVICES, type OrtDevice } from "../src/common/ort/index.js";
 import { LLM_GPUS, type LlmGpu } from "../src/llm/index.js";
+import { runClassifyBench, type ClassifyBenchResult } from "./classify.js";
 import { runConcurrencyBench, type ConcurrencyBenchResult, type ConcurrencyEndpoint } from "./concurrency.js";
 import { resolveModelSet, type ModelSetName } from "./model-sets.js";
 import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
@@ -37,9 +41,10 @@ import { runTsChild } from "./synthetic-models.js";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
 
-type Part = "pipeline" | "concurrency" | "segmenter" | "vision" | "llm";
-type ChildPart = "pipeline" | "concurrency" | "segmenter";
-const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "vision", "llm"];
+type Part = "pipeline" | "concurrency" | "segmenter" | "classify" | "vision" | "llm";
+type ChildPart = "pipeline" | "concurrency" | "segmenter" | "classify";
+const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "classify", "vision", "llm"];
+const CHILD_PARTS: ChildPart[] = ["pipeline", "concurrency", "segmenter", "classify"];
 const MODEL_SETS: ModelSetName[] = ["bundled", "shapes", "tiny", "full"];
 
 const { values } = parseArgs({
@@ -62,6 +67,8 @@ const { values } = parseArgs({
     endpoint: { type: "string", default: "ask" },
     "seg-images": { type: "string", default: "3" },
     "seg-clicks": { type: "string", default: "10" },
+    "cls-labels": { type: "string", default: "1,24,1000" },
+    "cls-templates": { type: "string", default: "3" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
     render: { type: "string" },
@@ -102,6 +109,9 @@ const endpoint = values.endpoint as ConcurrencyEndpoint;
 const levels = values.levels!.split(",").map(Number);
 if (levels.some((l) => !Number.isInteger(l) || l < 1))
   fail(`--levels must be positive integers, e.g. 1,4,16`);
+const clsLabels = values["cls-labels"]!.split(",").map(Number);
+if (clsLabels.some((n) => !Number.isInteger(n) || n < 1 || n > 1000))
+  fail(`--cls-labels must be label counts from 1 to 1000, e.g. 1,24,1000`);
 const common = {
   maxTokens: positive("max-tokens"),
   visionThreads: positive("threads"),
@@ -122,6 +132,19 @@ async function child(part: ChildPart, model: ModelSetName): Promise<void> {
         images: positive("seg-images"),
         clicks: positive("seg-clicks"),
         photo: true,
+      },
+      log,
+    );
+    process.stdout.write(`\n${JSON.stringify(result)}\n`);
+    return;
+  }
+  if (part === "classify") {
+    const result = await runClassifyBench(
+      {
+        threads: common.visionThreads,
+        repeats: positive("repeats"),
+        labelCounts: clsLabels,
+        templates: positive("cls-templates"),
       },
       log,
     );
@@ -188,10 +211,11 @@ function runChild(part: ChildPart, model: ModelSetName): Promise<unknown> {
 }
 
 async function parent(): Promise<void> {
-  const parts = list(values.only, PARTS, "only") ?? ["pipeline", "concurrency", "segmenter"];
+  const parts = list(values.only, PARTS, "only") ?? ["pipeline", "concurrency", "segmenter", "classify"];
   const models = list(values.model, MODEL_SETS, "model");
   const started = new Date();
   const segmenterResults: SegmenterBenchResult[] = [];
+  const classifyResults: ClassifyBenchResult[] = [];
   const report: BenchReport = {
     startedAt: started.toISOString(),
     finishedAt: "",
@@ -201,6 +225,7 @@ async function parent(): Promise<void> {
     pipeline: [],
     concurrency: [],
     segmenter: segmenterResults,
+    classify: classifyResults,
     external: [],
     failures: [],
   };
@@ -232,6 +257,15 @@ async function parent(): Promise<void> {
       log("segmenter (bundled segmenter + SAM 2.1-tiny-shaped stand-in, CPU)");
       try {
         segmenterResults.push((await runChild(part, "bundled")) as SegmenterBenchResult);
+      } catch (err) {
+        report.failures.push({ part, model: "-", error: (err as Error).message });
+      }
+      continue;
+    }
+    if (part === "classify") {
+      log("classify (bundled model's CLIP text tower + Alpha-CLIP, CPU)");
+      try {
+        classifyResults.push((await runChild(part, "bundled")) as ClassifyBenchResult);
       } catch (err) {
         report.failures.push({ part, model: "-", error: (err as Error).message });
       }
@@ -270,10 +304,9 @@ if (values.render) {
   const saved = JSON.parse(readFileSync(values.render, "utf8")) as BenchReport;
   process.stdout.write(`${renderReport(saved)}\n`);
 } else if (values.child) {
-  if (values.child !== "pipeline" && values.child !== "concurrency" && values.child !== "segmenter")
-    fail(`--child must be pipeline, concurrency or segmenter`);
+  if (!CHILD_PARTS.includes(values.child as ChildPart)) fail(`--child must be ${CHILD_PARTS.join(", ")}`);
   const model = list(values.model, MODEL_SETS, "model")?.[0] ?? fail("--child needs --model");
-  await child(values.child, model);
+  await child(values.child as ChildPart, model);
 } else {
   await parent();
 }

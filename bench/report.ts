@@ -1,4 +1,5 @@
 /** Markdown tables of benchmark results (what `npm run bench` prints and saves beside the JSON). */
+import type { ClassifyBenchResult } from "./classify.js";
 import type { ConcurrencyBenchResult } from "./concurrency.js";
 import type { PipelineBenchResult } from "./pipeline.js";
 import type { SegmenterBenchResult, Spread } from "./segmenter.js";
@@ -21,6 +22,8 @@ export interface BenchReport {
   concurrency: ConcurrencyBenchResult[];
   /** Absent from results saved before the segmenter bench existed. */
   segmenter?: SegmenterBenchResult[];
+  /** Absent from results saved before the classify bench existed. */
+  classify?: ClassifyBenchResult[];
   external: ExternalBenchResult[];
   failures: Array<{ part: string; model: string; error: string }>;
 }
@@ -187,6 +190,88 @@ export function segmenterTable(r: SegmenterBenchResult): string {
   return lines.join("\n");
 }
 
+export function classifyTable(r: ClassifyBenchResult): string {
+  const o = r.options;
+  const t = r.textModel;
+  const params =
+    t.parameters >= 1e6 ? `${(t.parameters / 1e6).toFixed(2)} M` : `${(t.parameters / 1e3).toFixed(1)} k`;
+  const lines = [
+    "### Zero-shot classification: text encoding and classify latency (CPU)",
+    "",
+    `CPU only, ONNX Runtime ${o.threads} intra-op thread(s) on a ${r.cores}-core machine (text and vision towers), ` +
+      `load average ${r.loadAverage.start.join(" / ")} at the start, ${r.loadAverage.end.join(" / ")} at the end; ` +
+      `median / p90 over ${o.repeats} run(s) per row. On a small shared machine these numbers are noisy: compare them with each other, not across runs.`,
+    "",
+    `- **Text tower** ${t.name} (${t.dir}): width ${t.width}, ${t.layers} layers, vocabulary ${t.vocabSize}, features ${t.embedDim}, context ${t.contextLength}; ` +
+      `**${params} parameters** (${t.parameters}), ${t.precision}, folder ${mib(t.bytes)}; load ${t.loadMs} ms, first encode after load ${t.firstRunAfterLoadMs} ms (not in the tables).`,
+    `- **Vision**: ${r.vision.dir} (${r.vision.imageSize} px Alpha-CLIP + projector); pipeline load (vision, text, LLM) ${r.pipelineLoadMs} ms, first classify after load ${r.firstClassifyMs} ms (not in the tables).`,
+    `- **Labels**: the 24 colour-shape labels of the shapes world, then made-up distinct ones (${r.syntheticExample ? `"${r.syntheticExample}", ...` : "none needed"}); ` +
+      `templates ${r.templatesUsed.map((x) => `"${x}"`).join(", ")} (the first alone unless the row says more).`,
+    "",
+    "**Text encoding** (the classifier's miss path: tokenize, then the text tower in ONNX runs of at most 64 rows; one template):",
+    "",
+    "| labels | tokens / text | ONNX runs | **ms / label** p50 / p90 | tokenize ms / label (empty BPE cache) | tokenize ms / label (warm BPE cache) | ONNX ms / label | whole call ms p50 / p90 |",
+    "|---|---|---|---|---|---|---|---|",
+    ...r.encode.map(
+      (e) =>
+        `| ${e.labels} | ${e.meanTokens} | ${e.onnxRuns} | **${spreadCell(e.perLabelMs)}** | ${spreadCell(e.tokenizePerLabelMs)} | ` +
+        `${spreadCell(e.tokenizeWarmPerLabelMs)} | ${spreadCell(e.onnxPerLabelMs)} | ${spreadCell(e.callMs)} |`,
+    ),
+    "",
+    "**Classify** one mask region of a shapes scene (`classifyRegions`, image bytes to both rankings). " +
+      "cold: a new image and an emptied text cache; new image: a new image, the labels' text features cached (a fixed label set: the baseline); " +
+      "warm: the same image and labels again (both caches answer: decode, label checks, scoring).",
+    "",
+    "| labels | templates | scenario | **total ms** p50 / p90 | vision ms p50 / p90 | rest ms p50 / p90 | texts encoded / cached | text cache misses | text ONNX runs | vision encoder runs | vision cache hits / misses |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+    ...r.classify.map(
+      (c) =>
+        `| ${c.labels} | ${c.templates} | ${c.scenario} | **${spreadCell(c.totalMs)}** | ${spreadCell(c.visionMs)} | ${spreadCell(c.otherMs)} | ` +
+        `${c.textEncoded} / ${c.textCached} | ${c.textCacheMisses} | ${c.textOnnxRuns} | ${c.visionEncoderRuns}/${c.runs} | ${c.visionCacheHits} / ${c.visionCacheMisses} |`,
+    ),
+    "",
+    "Vision: the stages the pipeline reports (decode, preprocess, encode, project); rest: everything else in the call (label checks, which tokenize every text, " +
+      "text features from the cache or the text tower, normalising, scoring, ranking both ways). Counts are summed over the runs.",
+  ];
+  const baselines = r.classify
+    .filter((c) => c.scenario === "cold")
+    .flatMap((cold) => {
+      const fixed = r.classify.find(
+        (c) => c.scenario === "new image" && c.labels === cold.labels && c.templates === cold.templates,
+      );
+      if (!fixed || cold.otherMs.median === null || fixed.otherMs.median === null) return [];
+      const text = cold.otherMs.median - fixed.otherMs.median;
+      return [
+        `| ${cold.labels} | ${cold.templates} | ${cell(cold.totalMs.median)} | ${cell(fixed.totalMs.median)} | ` +
+          `${cell(cold.otherMs.median)} | ${cell(fixed.otherMs.median)} | **${text.toFixed(2)}** |`,
+      ];
+    });
+  if (baselines.length) {
+    lines.push(
+      "",
+      "**Baseline: the same classify with the text features precomputed** (medians, ms; cold vs new image: both encode a new image, " +
+        "so the difference outside the vision stages is the text encoding, free of the vision encoder's noise):",
+      "",
+      "| labels | templates | total, cold | total, text precomputed | rest, cold | rest, text precomputed | **text encoding in the request** |",
+      "|---|---|---|---|---|---|---|",
+      ...baselines,
+    );
+  }
+  if (r.textCache) {
+    const c = r.textCache;
+    lines.push(
+      "",
+      `Text cache after a cold run of ${c.labels} labels: ${c.entries} entries, **${mib(c.bytes)}** of features as the LRU counts them ` +
+        `(${c.entries ? Math.round(c.bytes / c.entries) : 0} B each: ${r.textModel.embedDim} float32); the keys (model folder + text, ${c.keyChars} characters) are not counted.`,
+    );
+  }
+  lines.push(
+    "",
+    `Peak RSS of the part ${r.peakRssMiB} MiB (the encoding table's text session, then the pipeline with vision, text tower and LLM).`,
+  );
+  return lines.join("\n");
+}
+
 export function renderReport(report: BenchReport): string {
   const parts = [
     "## Benchmark results",
@@ -197,6 +282,7 @@ export function renderReport(report: BenchReport): string {
     ...report.pipeline.map((p) => `${pipelineTable(p)}\n`),
     ...report.concurrency.map((c) => `${concurrencyTable(c)}\n`),
     ...(report.segmenter ?? []).map((s) => `${segmenterTable(s)}\n`),
+    ...(report.classify ?? []).map((c) => `${classifyTable(c)}\n`),
     ...report.external.map((e) => `### ${e.part} (\`${e.command}\`)\n\n${e.output.trim()}\n`),
     ...(report.failures.length
       ? ["### Failures", "", ...report.failures.map((f) => `- ${f.part} on ${f.model}: ${f.error}`), ""]

@@ -68,3 +68,14 @@ export function rssSampler(everyMs = 100): { stop(): number } {
     },
   };
 }
+
+/** Median and p90 (ms unless named otherwise); null when nothing was measured. */
+export interface Spread {
+  median: number | null;
+  p90: number | null;
+}
+
+/** Median and p90 of `values`, rounded to `digits` decimals. */
+export function spread(values: readonly number[], digits = 1): Spread {
+  return { median: round(median(values), digits), p90: round(quantile(values, 0.9), digits) };
+}

@@ -2,17 +2,20 @@
  * The benchmark harness on the real tiny models (real ONNX sessions, real llama.cpp, real HTTP on
  * loopback): the numbers are not asserted (they depend on the machine), what they claim is: a cold run
  * encodes, a warm run is answered by the vision cache without the encoder, a follow-up runs no image
- * stage, every concurrent request is about a new image, and the segmenter bench's further clicks are
- * answered from the embedding cache.
+ * stage, every concurrent request is about a new image, the segmenter bench's further clicks are
+ * answered from the embedding cache, and the classify bench's warm runs encode no text (its cold runs
+ * encode exactly the labels asked, on the bundled model's CLIP text tower).
  */
+import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { benchLabels, onnxParameters, runClassifyBench } from "../bench/classify.js";
 import { runConcurrencyBench } from "../bench/concurrency.js";
 import { benchImage } from "../bench/images.js";
 import { resolveModelSet } from "../bench/model-sets.js";
 import { runPipelineBench } from "../bench/pipeline.js";
-import { concurrencyTable, pipelineTable, segmenterTable } from "../bench/report.js";
+import { classifyTable, concurrencyTable, pipelineTable, segmenterTable } from "../bench/report.js";
 import { hieraTinyEncoderMacs, miniSamMacs, runSegmenterBench } from "../bench/segmenter.js";
-import { quantile, round } from "../bench/stats.js";
+import { quantile, round, spread } from "../bench/stats.js";
 import { SAM21_TINY_SHAPED_ARCHITECTURE } from "../src/segmenter/index.js";
 
 const engine = {
@@ -33,6 +36,8 @@ describe("bench statistics", () => {
     expect(Number.isNaN(quantile([], 0.5))).toBe(true);
     expect(round(NaN)).toBeNull();
     expect(round(1.26, 1)).toBe(1.3);
+    expect(spread([5, 1, 3, 2, 4])).toEqual({ median: 3, p90: 4.6 });
+    expect(spread([])).toEqual({ median: null, p90: null });
   });
 
   it("makes a different image per seed, with the box inside it", async () => {
@@ -145,5 +150,83 @@ describe("segmenter bench", () => {
     expect(table).toContain("| sam21-tiny-shaped | photo 1024x768");
     expect(table).toContain("not its compute");
     expect(table).toContain("1 thread(s)");
+  }, 180_000);
+});
+
+describe("classify bench", () => {
+  it("makes distinct labels, the 24 colour-shape ones first", () => {
+    const labels = benchLabels(1000);
+    expect(labels).toHaveLength(1000);
+    expect(new Set(labels).size).toBe(1000);
+    expect(labels.slice(0, 2)).toEqual(["red circle", "red square"]);
+    expect(labels[24]).toBe("red circle number 24");
+    expect(benchLabels(3)).toEqual(labels.slice(0, 3));
+  });
+
+  // Quick mode: one run per row, 1 and 3 labels, 2 templates; asserts what was encoded, never times.
+  it("cold runs encode exactly the labels asked, new-image and warm runs encode no text", async () => {
+    const result = await runClassifyBench(
+      { threads: 1, repeats: 1, labelCounts: [1, 3], templates: 2 },
+      quiet,
+    );
+    const t = result.textModel;
+    expect(t.dir).toMatch(/models\/shapes\/text$/);
+    // CLIP's text tower: embeddings, blocks (attention + MLP + two layer norms), final norm, projection.
+    const perBlock = 2 * t.width + 3 * t.width * t.width + 3 * t.width + t.width * t.width + t.width;
+    const mlp = 2 * t.width + 2 * 4 * t.width * t.width + 4 * t.width + t.width;
+    expect(t.parameters).toBe(
+      t.vocabSize * t.width +
+        t.contextLength * t.width +
+        t.layers * (perBlock + mlp) +
+        2 * t.width +
+        t.width * t.embedDim,
+    );
+    expect(await onnxParameters(path.join(t.dir, "model.onnx"))).toBe(t.parameters);
+    expect(result.encode.map((e) => e.labels)).toEqual([1, 3]);
+    for (const e of result.encode) {
+      expect(e.onnxRuns).toBe(1);
+      expect(e.meanTokens).toBeGreaterThan(2);
+      expect(e.perLabelMs.median).toBeGreaterThan(0);
+    }
+    expect(result.classify.map((c) => [c.labels, c.templates, c.scenario])).toEqual([
+      [1, 1, "cold"],
+      [1, 1, "new image"],
+      [1, 1, "warm"],
+      [3, 1, "cold"],
+      [3, 1, "new image"],
+      [3, 1, "warm"],
+      [3, 2, "cold"],
+      [3, 2, "new image"],
+      [3, 2, "warm"],
+    ]);
+    for (const c of result.classify) {
+      const texts = c.labels * c.templates * c.runs;
+      expect(c.runs).toBe(1);
+      expect(c.totalMs.median).toBeGreaterThan(0);
+      if (c.scenario === "cold") {
+        expect(c).toMatchObject({
+          textEncoded: texts,
+          textCached: 0,
+          textCacheMisses: texts,
+          textOnnxRuns: 1,
+        });
+      } else {
+        expect(c).toMatchObject({ textEncoded: 0, textCached: texts, textCacheMisses: 0, textOnnxRuns: 0 });
+      }
+      if (c.scenario === "warm") {
+        expect(c).toMatchObject({ visionEncoderRuns: 0, visionCacheHits: 1, visionCacheMisses: 0 });
+      } else {
+        // A new image each time: the vision cache never answers.
+        expect(c).toMatchObject({ visionEncoderRuns: 1, visionCacheHits: 0, visionCacheMisses: 1 });
+      }
+    }
+    expect(result.textCache).toMatchObject({ labels: 3, entries: 3, bytes: 3 * t.embedDim * 4 });
+    expect(result.peakRssMiB).toBeGreaterThan(0);
+    const table = classifyTable(result);
+    expect(table).toContain("| 3 | 2 | warm |");
+    // The encoding row of 3 labels: one ONNX run.
+    expect(table).toMatch(/\| 3 \| [\d.]+ \| 1 \| \*\*/);
+    expect(table).toContain("3.28 M parameters");
+    expect(table).toContain("1 intra-op thread(s)");
   }, 180_000);
 });

@@ -222,6 +222,11 @@ export class RegionClassifier {
     return this.cache.stats();
   }
 
+  /** Drops every cached text feature (hit and miss counters stay), e.g. for cold benchmarks. */
+  clearCache(): void {
+    this.cache.clear();
+  }
+
   dispose(): Promise<void> {
     return this.encoder.dispose();
   }
