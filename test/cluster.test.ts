@@ -6,7 +6,7 @@
  * which scripts/setup.sh installs.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -14,13 +14,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePng, generateScene, objectBox } from "../src/shapes/index.js";
 import { repoRoot } from "./support/tiny-models.js";
 
-const haveTools = ["redis-server", "haproxy", "curl"].every(
+const haveTools = ["redis-server", "haproxy", "nginx", "curl"].every(
   (cmd) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0,
 );
 const built = existsSync(path.join(repoRoot, "dist", "cli", "index.js"));
 if (process.env.CI === "true" && !(haveTools && built)) {
   throw new Error(
-    "CI must run the cluster tests: redis-server, haproxy and curl are installed by scripts/setup.sh",
+    "CI must run the cluster tests: redis-server, haproxy, nginx and curl are installed by scripts/setup.sh",
   );
 }
 
@@ -250,6 +250,53 @@ describe.skipIf(!(haveTools && built))(
         result: "hit",
       });
       expect(hitsAfter - hitsBefore).toBe(1);
+    }, 120_000);
+
+    it("nginx (deploy/nginx.conf) keeps conversations with client-chosen ids on one replica", async () => {
+      const port = await freePortRange(0);
+      const prefix = mkdtempSync(path.join(os.tmpdir(), "rvqa-nginx-"));
+      const servers = Object.values(replicaUrls)
+        .map((u) => `        server ${new URL(u).host} max_fails=1 fail_timeout=10s;`)
+        .join("\n");
+      const config = readFileSync(path.join(repoRoot, "deploy", "nginx.conf"), "utf8")
+        .replace(/^ {8}server 127\.0\.0\.1:808\d.*\n/gm, "")
+        .replace("hash $region_vqa_affinity consistent;", `hash $region_vqa_affinity consistent;\n${servers}`)
+        .replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${port};`);
+      writeFileSync(path.join(prefix, "nginx.conf"), config);
+      const nginx = spawn(
+        "nginx",
+        ["-p", prefix, "-c", path.join(prefix, "nginx.conf"), "-g", "daemon off;"],
+        {
+          stdio: "ignore",
+        },
+      );
+      try {
+        const url = `http://127.0.0.1:${port}`;
+        for (let i = 0; i < 50; i++) {
+          if (
+            await fetch(`${url}/readyz`).then(
+              (r) => r.ok,
+              () => false,
+            )
+          )
+            break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        for (let c = 0; c < 8; c++) {
+          const id = `client-chosen-${c}-${Date.now()}`;
+          const first = await ask(url, { ...(await scene(400 + c)), question: QUESTIONS[0] }, id);
+          expect(first.status).toBe(200);
+          expect(first.body.conversation_id).toBe(id);
+          for (const q of QUESTIONS.slice(1)) {
+            const next = await ask(url, { question: q }, id);
+            expect(next.replica).toBe(first.replica);
+            expect(next.body.turns).toBeGreaterThan(1);
+          }
+        }
+      } finally {
+        nginx.kill("SIGTERM");
+        rmSync(prefix, { recursive: true, force: true });
+      }
     }, 120_000);
 
     it("continues a conversation on the other replica when its own is killed, answering as an uninterrupted one", async () => {
