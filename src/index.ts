@@ -1,6 +1,7 @@
 /**
  * region-vqa as a library: the composed pipeline, the HTTP server, each stage on its own (Alpha-CLIP
- * encoder, LLaVA projector, LLaVA language model, SAM segmenter), model helpers and the error type. The CLI
+ * encoder, LLaVA projector, LLaVA language model, SAM segmenter), the state replicas share through Redis,
+ * model helpers and the error type. The CLI
  * (`region-vqa`) is built on exactly these.
  */
 export {
@@ -12,7 +13,9 @@ export {
   type RegionVqaPipeline,
   type OpenConversationOptions,
   type ModelsInfo,
+  type SharedPipelineState,
 } from "./pipeline/index.js";
+export { RedisSharedState, type SharedStateOptions, type SharedStateStatus } from "./shared-state/index.js";
 export type {
   AnswerResult,
   AnswerStream,

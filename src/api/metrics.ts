@@ -106,7 +106,7 @@ export class ServerMetrics implements PipelineMetricsSink {
   private sharedStateSource?: () => { state: string } | undefined;
   readonly sharedStateUp = new Gauge({
     name: "region_vqa_shared_state_up",
-    help: "1 while the shared state (Redis) answers, 0 while degraded; absent without shared state",
+    help: "1 while the shared state (Redis) answers, 0 while degraded (and without shared state)",
     registers: [this.registry],
     collect: () => {
       const status = this.sharedStateSource?.();

@@ -468,6 +468,9 @@ async function send(text: string): Promise<void> {
   const headers: Record<string, string> = authHeaders();
   if (state.conversationId) {
     headers["content-type"] = "application/json";
+    // Behind a load balancer (deploy/haproxy.cfg), the header keeps follow-ups on the replica holding
+    // the conversation's KV cache.
+    headers["x-conversation-id"] = state.conversationId;
     body = JSON.stringify({ conversation_id: state.conversationId, question: text, stream: true });
   } else {
     if (!state.image) {
