@@ -37,6 +37,11 @@ export class ByteLruCache<V> {
     return entry.value;
   }
 
+  /** Whether `key` is cached, without counting a lookup or refreshing its recency. */
+  has(key: string): boolean {
+    return this.map.has(key);
+  }
+
   set(key: string, value: V): void {
     const bytes = this.sizeOf(value);
     const old = this.map.get(key);

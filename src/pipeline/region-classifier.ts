@@ -110,7 +110,10 @@ export class RegionClassifier {
   checkLabelLengths(labels: string[], templates: string[]): void {
     labels.forEach((label, index) => {
       for (const template of templates) {
-        const tokens = this.tokenizer.encode(template.replaceAll("{}", label)).length + 2;
+        const text = template.replaceAll("{}", label);
+        // A text with cached features passed this check before it was encoded: skip the tokenizer.
+        if (this.cache.has(this.cacheKey(text))) continue;
+        const tokens = this.tokenizer.encode(text).length + 2;
         if (tokens > 77) {
           throw new RegionVqaError(
             "label_too_long",
@@ -122,25 +125,26 @@ export class RegionClassifier {
     });
   }
 
+  /** The text cache's key: the model folder and the text. */
+  private cacheKey(text: string): string {
+    return `${this.modelDir}\n${text}`;
+  }
+
   /** Unnormalised text features of each text (cached by model + text). */
   async textFeatures(
     texts: string[],
   ): Promise<{ features: Float32Array[]; cached: number; encoded: number }> {
-    const features: Array<Float32Array | undefined> = texts.map((t) =>
-      this.cache.get(`${this.modelDir}\n${t}`),
-    );
+    const features: Array<Float32Array | undefined> = texts.map((t) => this.cache.get(this.cacheKey(t)));
     const missing = [...new Set(texts.filter((_, i) => !features[i]))];
     if (missing.length > 0) {
       const ids = this.tokenizer.tokenize(missing);
       const out = await this.encoder.encode(ids);
       const d = out.shape[1];
-      missing.forEach((text, j) =>
-        this.cache.set(`${this.modelDir}\n${text}`, out.data.slice(j * d, (j + 1) * d)),
-      );
+      missing.forEach((text, j) => this.cache.set(this.cacheKey(text), out.data.slice(j * d, (j + 1) * d)));
     }
     const cachedCount = features.filter(Boolean).length;
     return {
-      features: texts.map((t, i) => features[i] ?? this.cache.get(`${this.modelDir}\n${t}`)!),
+      features: texts.map((t, i) => features[i] ?? this.cache.get(this.cacheKey(t))!),
       cached: cachedCount,
       encoded: missing.length,
     };
