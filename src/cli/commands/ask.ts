@@ -66,6 +66,9 @@ export function register(program: Command): void {
       const t0 = performance.now();
       const pipeline = await createPipeline({
         ...models,
+        // Only what this one question needs: no text tower, and the segmenter only for clicks.
+        text: undefined,
+        segmenter: region.kind === "points" ? models.segmenter : undefined,
         maxConversations: 1,
         systemPrompt: opts.system,
         logger: { info: log, warn: (m) => process.stderr.write(`${m}\n`) },

@@ -36,7 +36,11 @@ export function register(program: Command): void {
         readImageAndRegion(opts),
         resolveModelOptions(modelConfigFromFlags(opts)),
       ]);
-      const pipeline = await createPipeline({ ...models, maxConversations: 1 });
+      const pipeline = await createPipeline({
+        ...models,
+        segmenter: region.kind === "points" ? models.segmenter : undefined,
+        maxConversations: 1,
+      });
       try {
         const result = await pipeline.classifyRegions(image, [region], opts.label, {
           templates: opts.template,

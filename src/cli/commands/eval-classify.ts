@@ -33,7 +33,7 @@ export function register(program: Command): void {
       const scenes = numberFlag(opts.scenes, "--scenes", { min: 1, max: 100000, integer: true })!;
       const seed = numberFlag(opts.seed, "--seed", { min: 0, max: 0xffffffff, integer: true })!;
       const models = await resolveModelOptions(modelConfigFromFlags(opts));
-      const pipeline = await createPipeline({ ...models, maxConversations: 1 });
+      const pipeline = await createPipeline({ ...models, segmenter: undefined, maxConversations: 1 });
       try {
         const result = await evaluateClassification(pipeline, { scenes, seed, template: opts.template });
         if (opts.json) {

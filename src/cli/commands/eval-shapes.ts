@@ -50,7 +50,13 @@ export function register(program: Command): void {
         }
       }
       const models = await resolveModelOptions(modelConfigFromFlags(opts));
-      const pipeline = await createPipeline({ ...models, maxConversations: 2 });
+      // Boxes and masks only: neither the segmenter nor the text tower is needed.
+      const pipeline = await createPipeline({
+        ...models,
+        segmenter: undefined,
+        text: undefined,
+        maxConversations: 2,
+      });
       try {
         let done = 0;
         const result = await evaluateShapes(pipeline, {

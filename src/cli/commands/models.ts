@@ -70,7 +70,7 @@ export function catalogueText(): string {
   const lines: string[] = ["Presets (serve --model NAME):"];
   for (const p of DEFAULT_CATALOG.presets) {
     lines.push(`  ${p.name}  ${p.description}`);
-    const parts = [p.vision, p.llm, ...(p.segmenter ? [p.segmenter] : [])];
+    const parts = [p.vision, p.llm, ...(p.segmenter ? [p.segmenter] : []), ...(p.text ? [p.text] : [])];
     lines.push(
       `    pulls: ${parts.map((part) => part.model + (part.variant ? ` (${part.variant})` : "")).join(", ")}`,
     );
@@ -84,7 +84,10 @@ export function catalogueText(): string {
         const size = knownSize(f);
         const sizeText =
           size === undefined ? "size unknown" : `${f.bytes === undefined ? "~" : ""}${formatBytes(size)}`;
-        return `${f.file} (${sizeText}${f.sha256 ? ", sha256 known" : ""})`;
+        const ranged = f.textApproxBytes
+          ? `; its text tower, ~${formatBytes(f.textApproxBytes)}, is fetched by Range`
+          : "";
+        return `${f.file} (${sizeText}${f.sha256 ? ", sha256 known" : ""}${ranged})`;
       });
       const flag = m.variantFlag === "quant" ? "--quant" : "--variant";
       lines.push(`    ${flag} ${key}${key === m.defaultVariant ? " (default)" : ""}: ${files.join(", ")}`);
