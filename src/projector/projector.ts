@@ -4,10 +4,10 @@
  * Big projectors (the 7B one has ~21M parameters) run in a worker thread so `project` never blocks the
  * event loop; tiny ones run on the calling thread. Both through `OnnxSession`.
  */
-import { readFile, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
-import type { ModelManifest } from "../common/manifest.js";
+import { readModelManifest, type ModelManifest } from "../common/manifest.js";
 import { encodeOnnxModel } from "../common/onnx/index.js";
 import { OnnxSession, type OrtDevice } from "../common/ort/index.js";
 import { makeTensor, type Tensor } from "../common/tensor.js";
@@ -40,35 +40,14 @@ export interface ProjectorLoadOptions {
 const WORKER_MIN_PARAMS = 1_000_000;
 
 /** Read and check a projector model folder's manifest. */
-export async function readProjectorManifest(dir: string): Promise<ModelManifest<ProjectorConfig>> {
-  let manifest: ModelManifest<ProjectorConfig>;
-  try {
-    manifest = JSON.parse(
-      await readFile(path.join(dir, "manifest.json"), "utf8"),
-    ) as ModelManifest<ProjectorConfig>;
-  } catch (err) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${dir}/manifest.json is missing or not JSON: ${(err as Error).message}`,
-    );
-  }
-  if (manifest.kind !== "llava-projector") {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${dir} holds a "${String(manifest.kind)}" model, not a llava-projector`,
-    );
-  }
-  const c = manifest.config;
-  if (!c || ![c.inWidth, c.hiddenWidth, c.outWidth].every((n) => Number.isInteger(n) && n > 0)) {
-    throw new RegionVqaError(
-      "model_invalid",
-      `${dir}/manifest.json: config needs positive inWidth, hiddenWidth, outWidth`,
-    );
-  }
-  if (!manifest.files?.some((f) => f.role === "onnx")) {
-    throw new RegionVqaError("model_invalid", `${dir}/manifest.json lists no file with role "onnx"`);
-  }
-  return manifest;
+export function readProjectorManifest(dir: string): Promise<ModelManifest<ProjectorConfig>> {
+  return readModelManifest<ProjectorConfig>(dir, {
+    kinds: ["llava-projector"],
+    folder: "Projector folder",
+    model: "a LLaVA projector",
+    positiveIntegers: ["inWidth", "hiddenWidth", "outWidth"],
+    onnxFile: true,
+  });
 }
 
 export class LlavaProjector {
