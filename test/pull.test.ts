@@ -280,6 +280,7 @@ describe("host configuration from the environment", () => {
     expect(hostConfigFromEnv({}).baseUrls).toEqual({
       huggingface: "https://huggingface.co",
       openxlab: "https://download.openxlab.org.cn",
+      openai: "https://openaipublic.azureedge.net",
     });
     expect(hostConfigFromEnv({}).headers).toEqual({});
     const c = hostConfigFromEnv({
@@ -292,6 +293,7 @@ describe("host configuration from the environment", () => {
     expect(c.baseUrls).toEqual({
       huggingface: "https://hf.mirror.local/x",
       openxlab: "https://xlab.mirror.local",
+      openai: "https://openaipublic.azureedge.net",
     });
     expect(c.headers).toEqual({ huggingface: { authorization: "Bearer a" } });
     expect(hostConfigFromEnv({ HF_ENDPOINT: "https://hf-mirror.com" }).baseUrls.huggingface).toBe(

@@ -9,11 +9,12 @@
 import type { SegmenterConfig } from "../segmenter/types.js";
 
 /** Publishing hosts. Each has a base URL that environment variables can point at a mirror. */
-export type HostId = "huggingface" | "openxlab";
+export type HostId = "huggingface" | "openxlab" | "openai";
 
 export const DEFAULT_BASE_URLS: Record<HostId, string> = {
   huggingface: "https://huggingface.co",
   openxlab: "https://download.openxlab.org.cn",
+  openai: "https://openaipublic.azureedge.net",
 };
 
 /**
@@ -23,6 +24,7 @@ export const DEFAULT_BASE_URLS: Record<HostId, string> = {
  */
 export type FileRole =
   | "vision-checkpoint"
+  | "text-checkpoint"
   | "projector"
   | "llm"
   | "segmenter-encoder"
@@ -42,6 +44,11 @@ export interface CatalogFile {
   approxBytes?: number;
   /** Lower-case hex sha256, when read from the publisher. */
   sha256?: string;
+  /**
+   * For a `text-checkpoint` holding a whole CLIP: rough size of its text tower's bytes, which is what a
+   * ranged fetch downloads (display and the free-space check).
+   */
+  textApproxBytes?: number;
 }
 
 export interface CatalogVariant {
@@ -61,6 +68,17 @@ export interface VisionConversion {
  * except the graph file names, which come from the variant's `segmenter-encoder` / `segmenter-decoder`
  * files.
  */
+/**
+ * CLIP text towers are cut out of whole-CLIP checkpoints and converted into an ONNX folder (manifest kind
+ * `clip-text`) by `convertTextCheckpoint`; only the text tower's bytes are downloaded where the host
+ * answers Range requests (src/models/range-fetch.ts).
+ */
+export interface TextConversion {
+  kind: "clip-text";
+  /** Not stored in checkpoints: CLIP's convention is width / 64 (ViT-L/14's text tower: 768 / 64 = 12). */
+  heads: number;
+}
+
 export type SegmenterSettings = Pick<SegmenterConfig, "family" | "imageSize" | "resize" | "mean" | "std" | "maskSize">;
 
 export interface CatalogModel {
@@ -69,16 +87,17 @@ export interface CatalogModel {
   /**
    * `vision`: one folder per variant, converted. `gguf`: one folder, files used as published.
    * `segmenter`: one folder per variant holding its ONNX graphs as published, plus a manifest of kind
-   * `sam-segmenter` written by pull.
+   * `sam-segmenter` written by pull. `text`: one folder per variant, the text tower of a whole-CLIP
+   * checkpoint converted to ONNX (manifest kind `clip-text`).
    */
-  layout: "vision" | "gguf" | "segmenter";
+  layout: "vision" | "gguf" | "segmenter" | "text";
   /** Which CLI flag picks a variant (`--variant` or `--quant`). */
   variantFlag: "variant" | "quant";
   defaultVariant: string;
   variants: Record<string, CatalogVariant>;
   /** Files needed by every variant (the LLaVA projector; SAM 2.1-tiny's prompt decoder). */
   commonFiles?: CatalogFile[];
-  convert?: VisionConversion;
+  convert?: VisionConversion | TextConversion;
   /** For the `segmenter` layout: what the manifest's config says besides the graph file names. */
   segmenterConfig?: SegmenterSettings;
   /** Where a human can read about the files. */
@@ -101,6 +120,8 @@ export interface CatalogPreset {
   llm: { model: string; variant?: string };
   /** A segmenter (layout `segmenter`) that turns clicks into masks; pulled with the preset. */
   segmenter?: { model: string; variant?: string };
+  /** A CLIP text tower (layout `text`) for zero-shot classification and text embeddings; pulled with the preset. */
+  text?: { model: string; variant?: string };
 }
 
 export interface Catalog {
@@ -154,6 +175,17 @@ const SAM21_TINY_PATH = `onnx-community/sam2.1-hiera-tiny-ONNX/resolve/${SAM21_T
  * upstream weights (Zigeng/SlimSAM-uniform-77) are tagged Apache-2.0.
  */
 const SLIMSAM_PATH = "Xenova/slimsam-77-uniform/resolve/main/onnx";
+
+/**
+ * OpenAI's CLIP ViT-L/14@336: the TorchScript archive OpenAI publishes (fp16, both towers; the URL
+ * names its sha256) and Hugging Face's transformers conversion (fp32). Alpha-CLIP keeps this text tower
+ * frozen, so these are the text weights that go with the Alpha-CLIP checkpoints. Of the ~891 MB file the
+ * text tower (123.65 M parameters) is ~247 MB in fp16, ~495 MB in fp32. The exact file sizes were not
+ * read from the publishers. Whether the Hugging Face repository also publishes `model.safetensors` was
+ * not established either: `--variant hf-safetensors` fails with a 404 where it does not.
+ */
+const OPENAI_CLIP_L14_336_SHA256 = "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02";
+const HF_CLIP_L14_336_PATH = "openai/clip-vit-large-patch14-336/resolve/main";
 
 /** SAM's ImageNet normalisation, shared by both families. */
 const SAM_MEAN: [number, number, number] = [0.485, 0.456, 0.406];
@@ -299,15 +331,74 @@ export const DEFAULT_CATALOG: Catalog = {
         fp16: { description: "fp16 graphs", files: slimSamFiles("_fp16", 12.2e6, 8.55e6) },
       },
     },
+    {
+      name: "clip-text-l14-336",
+      description:
+        "OpenAI CLIP ViT-L/14@336 text tower (zero-shot region classification, text embeddings), converted to ONNX",
+      layout: "text",
+      variantFlag: "variant",
+      // Hugging Face by default: openai/CLIP issue #516 (Oct 2025, confirmed by others in 2026) reports
+      // that OpenAI's openaipublic.azureedge.net model URLs answer 404. `--variant openai` still tries it
+      // (the file's sha256 is known, so a mirror of it is fully verifiable).
+      defaultVariant: "hf",
+      homepage: "https://github.com/openai/CLIP",
+      // The LICENSE of the openai/CLIP repository, which publishes the weights.
+      licence: "MIT",
+      variants: {
+        openai: {
+          description: "OpenAI's TorchScript release (fp16); only the text tower's bytes are fetched",
+          files: [
+            {
+              file: "ViT-L-14-336px.pt",
+              host: "openai",
+              path: `clip/models/${OPENAI_CLIP_L14_336_SHA256}/ViT-L-14-336px.pt`,
+              role: "text-checkpoint",
+              sha256: OPENAI_CLIP_L14_336_SHA256,
+              approxBytes: 891e6,
+              textApproxBytes: 247e6,
+            },
+          ],
+        },
+        hf: {
+          description: "Hugging Face openai/clip-vit-large-patch14-336 (fp32); only the text tower's bytes are fetched",
+          files: [
+            {
+              file: "pytorch_model.bin",
+              host: "huggingface",
+              path: `${HF_CLIP_L14_336_PATH}/pytorch_model.bin`,
+              role: "text-checkpoint",
+              approxBytes: 1.71e9,
+              textApproxBytes: 495e6,
+            },
+          ],
+        },
+        "hf-safetensors": {
+          description: "the same as model.safetensors, where published (no checksums: the bytes are not verified)",
+          files: [
+            {
+              file: "model.safetensors",
+              host: "huggingface",
+              path: `${HF_CLIP_L14_336_PATH}/model.safetensors`,
+              role: "text-checkpoint",
+              approxBytes: 1.71e9,
+              textApproxBytes: 495e6,
+            },
+          ],
+        },
+      },
+      convert: { kind: "clip-text", heads: 12 },
+    },
   ],
   presets: [
     {
       name: "alpha-llava-7b",
       description:
-        "Alpha-CLIP ViT-L/14@336 + LLaVA-1.5-7B (projector and Q4_K_M LLM by default), SAM 2.1-tiny for clicks",
+        "Alpha-CLIP ViT-L/14@336 + LLaVA-1.5-7B (projector and Q4_K_M LLM by default), SAM 2.1-tiny for " +
+        "clicks, CLIP ViT-L/14@336's text tower for zero-shot classification",
       vision: { model: "alpha-clip-l14-336" },
       llm: { model: "llava-v1.5-7b" },
       segmenter: { model: "sam2.1-tiny" },
+      text: { model: "clip-text-l14-336" },
     },
   ],
 };

@@ -323,7 +323,7 @@ async function transferOnce(d: DownloadState): Promise<TransferOutcome> {
  * One AbortController per request, fired by the caller's signal or by a timer: first the limit for the
  * headers, then (re-armed per chunk) the limit for silence. Remembers which timer fired, for the message.
  */
-class TransferWatch {
+export class TransferWatch {
   readonly controller = new AbortController();
   timedOut: "headers" | "idle" | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
@@ -583,10 +583,10 @@ async function streamBody(
  * host states on a redirect are kept. When `stopUnlessSha256` is given and a hop states another
  * sha256, that hop's response is returned without following it (the file changed; no CDN request).
  */
-async function getFollowingRedirects(
+export async function getFollowingRedirects(
   url: string,
   headers: Record<string, string>,
-  options: DownloadOptions,
+  options: Pick<DownloadOptions, "originHeaders">,
   signal: AbortSignal,
   stopUnlessSha256?: string,
 ): Promise<{ response: Response; hostSha256?: string; hostSize?: number }> {
@@ -636,7 +636,7 @@ export function parseContentRange(
   return { start: Number(m[1]), end: Number(m[2]), total: m[3] === "*" ? undefined : Number(m[3]) };
 }
 
-function httpError(status: number, url: string, label: string, authHint?: string): RegionVqaError {
+export function httpError(status: number, url: string, label: string, authHint?: string): RegionVqaError {
   let hint = "";
   if (status === 404) hint = " (wrong file name, or a mirror that lacks the file?)";
   else if (status === 401 || status === 403)
@@ -658,7 +658,7 @@ function droppedError(url: string, label: string, received: number, total: numbe
   );
 }
 
-function abortedError(label: string, received: number): RegionVqaError {
+export function abortedError(label: string, received: number): RegionVqaError {
   return new RegionVqaError(
     "aborted",
     `${label}: download interrupted after ${formatBytes(received)}; run the same command again to resume`,
@@ -674,7 +674,7 @@ function errorCode(err: unknown): string | undefined {
   return undefined;
 }
 
-function classifyNetworkError(
+export function classifyNetworkError(
   err: unknown,
   url: string,
   label: string,
@@ -731,7 +731,7 @@ async function writeAll(file: FileHandle, chunk: Uint8Array, label: string, rece
   }
 }
 
-function diskError(err: unknown, label: string, received: number, url: string): RegionVqaError {
+export function diskError(err: unknown, label: string, received: number, url: string): RegionVqaError {
   const code = errorCode(err);
   if (code === "ENOSPC" || code === "EDQUOT") {
     return new RegionVqaError(
@@ -748,7 +748,7 @@ function diskError(err: unknown, label: string, received: number, url: string): 
   });
 }
 
-async function ensureFreeSpace(dir: string, needed: number, label: string): Promise<void> {
+export async function ensureFreeSpace(dir: string, needed: number, label: string): Promise<void> {
   const fsStat = await statfs(dir).catch(() => undefined);
   if (!fsStat) return;
   const free = fsStat.bavail * fsStat.bsize;
@@ -762,7 +762,7 @@ async function ensureFreeSpace(dir: string, needed: number, label: string): Prom
   }
 }
 
-async function takeLock(dest: string, label: string): Promise<() => Promise<void>> {
+export async function takeLock(dest: string, label: string): Promise<() => Promise<void>> {
   const lockPath = `${dest}.lock`;
   for (let tries = 0; tries < 2; tries++) {
     try {
@@ -840,7 +840,7 @@ function throwIfAborted(signal: AbortSignal | undefined, label: string, received
   if (signal?.aborted) throw abortedError(label, received);
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined, label: string, received: number): Promise<void> {
+export function sleep(ms: number, signal: AbortSignal | undefined, label: string, received: number): Promise<void> {
   return new Promise((resolve, reject) => {
     if (ms <= 0) return resolve();
     const onAbort = () => {
@@ -855,7 +855,7 @@ function sleep(ms: number, signal: AbortSignal | undefined, label: string, recei
   });
 }
 
-function progressOf(
+export function progressOf(
   label: string,
   phase: DownloadProgress["phase"],
   receivedBytes: number,
@@ -869,7 +869,7 @@ function progressOf(
 }
 
 /** Transfer rate over the last few seconds, so a stall shows quickly and a burst does not linger. */
-class RateMeter {
+export class RateMeter {
   private samples: Array<{ t: number; bytes: number }> = [];
   private static readonly WINDOW_MS = 5000;
 

@@ -4,10 +4,12 @@ import { DEFAULT_BASE_URLS, type CatalogFile, type HostId } from "./catalog.js";
  * Where each publishing host is reached and with which credentials. Built from (lowest first) the
  * defaults, the environment and explicit options, so a private mirror works without code changes:
  *
- * - `REGION_VQA_BASE_URL_HF`, `REGION_VQA_BASE_URL_OPENXLAB`: replace a host's base URL;
+ * - `REGION_VQA_BASE_URL_HF`, `REGION_VQA_BASE_URL_OPENXLAB`, `REGION_VQA_BASE_URL_OPENAI`: replace a
+ *   host's base URL;
  *   `HF_ENDPOINT` (the variable huggingface_hub reads, e.g. for hf-mirror.com) is honoured too.
  * - `REGION_VQA_MIRROR_<HOST>`: replace the base URL of a host named by its default host name, upper
- *   case, dots and dashes as underscores (`REGION_VQA_MIRROR_HUGGINGFACE_CO=https://mirror.local/hf`).
+ *   case, dots and dashes as underscores (`REGION_VQA_MIRROR_HUGGINGFACE_CO=https://mirror.local/hf`,
+ *   `REGION_VQA_MIRROR_OPENAIPUBLIC_AZUREEDGE_NET` for OpenAI's CLIP files).
  * - `REGION_VQA_HF_TOKEN` or `HF_TOKEN`: sent as `Authorization: Bearer ...` to the Hugging Face base
  *   host only (never to the CDN it redirects to, nor to other hosts).
  */
@@ -20,6 +22,7 @@ export interface HostConfig {
 const ENV_BASE_URL: Record<HostId, string> = {
   huggingface: "REGION_VQA_BASE_URL_HF",
   openxlab: "REGION_VQA_BASE_URL_OPENXLAB",
+  openai: "REGION_VQA_BASE_URL_OPENAI",
 };
 
 export function mirrorEnvName(baseUrl: string): string {

@@ -18,6 +18,7 @@ export {
   type FileRole,
   type HostId,
   type SegmenterSettings,
+  type TextConversion,
 } from "./catalog.js";
 export {
   corruptPathFor,
@@ -41,6 +42,7 @@ export {
   type PresetPaths,
 } from "./installed.js";
 export { defaultModelsDir, modelRoots, repoModelsDir } from "./paths.js";
+export { clipTextTensorKeys } from "./text-tower.js";
 export { createProgressPrinter, formatDuration, formatProgressLine, type ProgressPrinter } from "./progress.js";
 export {
   pullModel,
@@ -48,10 +50,20 @@ export {
   type PullResult,
   type PulledFile,
   type PulledModel,
+  type TextConverter,
   type VisionConverter,
 } from "./pull.js";
 export {
+  coalesceSpans,
+  fetchTensorRanges,
+  withFetchedTensorsOnly,
+  type RangeFetchOptions,
+  type RangeFetchResult,
+  type RangeFetchUnsupported,
+} from "./range-fetch.js";
+export {
   installedSegmenterIn,
+  installedTextIn,
   resolveModelPreset,
   type ResolveOptions,
   type ResolvedModelPreset,

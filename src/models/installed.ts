@@ -33,7 +33,7 @@ export interface FolderCheck {
 
 /**
  * Recorded by `pull` in preset folders: relative paths (from the preset folder) to the three parts, and
- * to the segmenter folder when the preset has one.
+ * to the segmenter and text tower folders when the preset has them.
  */
 export interface PresetFile {
   kind: "preset";
@@ -45,6 +45,8 @@ export interface PresetFile {
   segmenter?: string;
   /** CLIP text tower folder (kind `clip-text`) for zero-shot classification and text embeddings. */
   text?: string;
+  /** The catalogue variant of the text tower, when `pull` recorded it. */
+  textVariant?: string;
   createdAt: string;
   [extra: string]: unknown;
 }
@@ -152,23 +154,28 @@ async function checkListedFile(file: string): Promise<FolderCheck> {
   return check;
 }
 
-/** The parts a preset folder names (three, or four with a segmenter), each checked. */
+/** The parts a preset folder names (three, plus a segmenter and a text tower when it has them), each checked. */
 export async function checkPreset(paths: PresetPaths): Promise<FolderCheck> {
   const segmenter = paths.segmenterDir ? await checkModelFolder(paths.segmenterDir) : undefined;
+  const text = paths.textDir ? await checkModelFolder(paths.textDir) : undefined;
   const parts: Array<readonly [string, FolderCheck]> = [
     ["vision", await checkModelFolder(paths.visionDir)],
     ["projector", await checkListedFile(paths.projectorPath)],
     ["llm", await checkListedFile(paths.llmPath)],
     ...(segmenter ? [["segmenter", segmenter] as const] : []),
+    ...(text ? [["text", text] as const] : []),
   ];
   const problems = parts.flatMap(([name, c]) => c.problems.map((p) => `${name}: ${p}`));
   if (segmenter?.manifest && segmenter.manifest.kind !== "sam-segmenter") {
     problems.push(`segmenter: ${paths.segmenterDir} holds a "${segmenter.manifest.kind}" model, not a sam-segmenter`);
   }
+  if (text?.manifest && text.manifest.kind !== "clip-text") {
+    problems.push(`text: ${paths.textDir} holds a "${text.manifest.kind}" model, not a clip-text`);
+  }
   const sizes = await Promise.all(
     [paths.projectorPath, paths.llmPath].map((f) => stat(f).then((s) => s.size).catch(() => 0)),
   );
-  const bytes = parts[0][1].bytes + sizes[0] + sizes[1] + (segmenter?.bytes ?? 0);
+  const bytes = parts[0][1].bytes + sizes[0] + sizes[1] + (segmenter?.bytes ?? 0) + (text?.bytes ?? 0);
   return { complete: problems.length === 0, problems: [...new Set(problems)], bytes };
 }
 
@@ -268,6 +275,7 @@ async function walk(root: string, dir: string, depth: number, options: ListOptio
           path.basename(preset.llm),
           // A segmenter folder is <model>/<variant>: its last part alone would only say "fp32".
           ...(typeof preset.segmenter === "string" ? [preset.segmenter.split(/[\\/]/).slice(-2).join("/")] : []),
+          ...(typeof preset.text === "string" ? [preset.text.split(/[\\/]/).slice(-2).join("/")] : []),
         ].join(" + "),
       });
       return;

@@ -43,11 +43,13 @@ export interface ResolveOptions {
  * A model preset name (`alpha-llava-7b`) or a folder -> the three parts the pipeline loads:
  * the Alpha-CLIP ONNX folder, the LLaVA projector (an mmproj GGUF file, or a folder whose manifest
  * kind is `llava-projector`) and the LLM GGUF file; plus, in `segmenterDir`, the segmenter folder
- * (manifest kind `sam-segmenter`) when one is installed for it. Everything returned exists and matches
- * its manifest; otherwise a `model_not_found` / `model_invalid` error says what to pull.
+ * (manifest kind `sam-segmenter`) and, in `textDir`, the CLIP text tower folder (kind `clip-text`) when
+ * they are installed for it. Everything returned exists and matches its manifest; otherwise a
+ * `model_not_found` / `model_invalid` error says what to pull.
  *
- * The segmenter is optional: a preset pulled before it named one, or pulled with `--no-segmenter`,
- * resolves without it. A segmenter that `preset.json` records must be complete, though.
+ * The segmenter and the text tower are optional: a preset pulled before it named them, or pulled with
+ * `--no-segmenter` / `--no-text`, resolves without them. One that `preset.json` records must be
+ * complete, though.
  *
  * A folder is read as: a preset folder (`preset.json`), or a folder holding the parts' model folders
  * (each with a manifest.json, up to two levels down), e.g. a models folder with one model of each kind.
@@ -101,9 +103,16 @@ async function resolveInRoot(
     const paths = presetPaths(presetDir, recorded);
     const check = await checkPreset(paths);
     if (check.complete) {
-      // A preset.json from before the preset named a segmenter: use one pulled on its own since.
+      // A preset.json from before the preset named a segmenter / text tower: use one pulled on its own since.
       const segmenterDir = paths.segmenterDir ?? (await installedSegmenterIn(root, preset, catalog));
-      return { name: preset.name, source: "preset-file", ...paths, ...(segmenterDir ? { segmenterDir } : {}) };
+      const textDir = paths.textDir ?? (await installedTextIn(root, preset, catalog));
+      return {
+        name: preset.name,
+        source: "preset-file",
+        ...paths,
+        ...(segmenterDir ? { segmenterDir } : {}),
+        ...(textDir ? { textDir } : {}),
+      };
     }
     problems.push(...check.problems.map((p) => `${presetDir}: ${p}`));
     return undefined;
@@ -144,11 +153,13 @@ export async function catalogPartsIn(
     throw new RegionVqaError("model_invalid", `catalogue entry ${llmModel.name} lacks a projector or LLM file`);
   }
   const segmenterDir = await installedSegmenterIn(root, preset, catalog);
+  const textDir = await installedTextIn(root, preset, catalog);
   return {
     visionDir,
     projectorPath: path.join(llmDir, projector.file),
     llmPath: path.join(llmDir, llmFile.file),
     ...(segmenterDir ? { segmenterDir } : {}),
+    ...(textDir ? { textDir } : {}),
   };
 }
 
@@ -161,13 +172,30 @@ export async function installedSegmenterIn(
   preset: CatalogPreset,
   catalog: Catalog,
 ): Promise<string | undefined> {
-  if (!preset.segmenter) return undefined;
-  const model = requireModel(catalog, preset.segmenter.model);
-  const first = pickVariant(model, preset.segmenter.variant);
+  return preset.segmenter ? installedVariantIn(root, catalog, preset.segmenter, "sam-segmenter") : undefined;
+}
+
+/** The preset's CLIP text tower under one root, found like its segmenter (`installedSegmenterIn`). */
+export async function installedTextIn(
+  root: string,
+  preset: CatalogPreset,
+  catalog: Catalog,
+): Promise<string | undefined> {
+  return preset.text ? installedVariantIn(root, catalog, preset.text, "clip-text") : undefined;
+}
+
+async function installedVariantIn(
+  root: string,
+  catalog: Catalog,
+  part: { model: string; variant?: string },
+  kind: "sam-segmenter" | "clip-text",
+): Promise<string | undefined> {
+  const model = requireModel(catalog, part.model);
+  const first = pickVariant(model, part.variant);
   for (const variant of [first, ...Object.keys(model.variants).filter((v) => v !== first)]) {
     const dir = path.join(root, model.name, variant);
     const check = await checkModelFolder(dir);
-    if (check.complete && check.manifest?.kind === "sam-segmenter") return dir;
+    if (check.complete && check.manifest?.kind === kind) return dir;
   }
   return undefined;
 }
@@ -206,6 +234,7 @@ async function resolveFolder(dir: string, options: ResolveOptions): Promise<Reso
   let projectorPath: string | undefined;
   let llmPath: string | undefined;
   let segmenterDir: string | undefined;
+  let textDir: string | undefined;
   const wantedQuant = options.quant?.toLowerCase();
   for (const folder of await foldersWithManifest(dir, 2)) {
     const check = await checkModelFolder(folder);
@@ -213,6 +242,7 @@ async function resolveFolder(dir: string, options: ResolveOptions): Promise<Reso
     if (!m || !check.complete) continue;
     if (m.kind === "alpha-clip-vision") visionDir ??= folder;
     else if (m.kind === "sam-segmenter") segmenterDir ??= folder;
+    else if (m.kind === "clip-text") textDir ??= folder;
     else if (m.kind === "llava-projector") projectorPath ??= folder;
     else if (m.kind === "llm-gguf") {
       const projector = m.files.find((f) => f.role === "projector");
@@ -237,6 +267,7 @@ async function resolveFolder(dir: string, options: ResolveOptions): Promise<Reso
     projectorPath: projectorPath!,
     llmPath: llmPath!,
     ...(segmenterDir ? { segmenterDir } : {}),
+    ...(textDir ? { textDir } : {}),
   };
 }
 

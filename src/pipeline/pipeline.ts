@@ -29,7 +29,7 @@ import type {
 
 /** What to tell a user who classifies when no text tower is loaded. */
 export const NO_TEXT_MODEL_MESSAGE =
-  "No CLIP text tower is loaded, so labels cannot be compared with regions: run `region-vqa pull clip-text-l14-336` (not available yet) or start with --text <folder> (the bundled shapes model has one).";
+  "No CLIP text tower is loaded, so labels cannot be compared with regions: run `region-vqa pull clip-text-l14-336` (or pull the alpha-llava-7b preset again) or start with --text <folder> (the bundled shapes model has one).";
 /** Most texts in one `embedTexts` call (OpenAI's limit for one embeddings request). */
 export const MAX_EMBED_TEXTS = 2048;
 /** Texts encoded per text-encoder batch by `embedTexts`. */

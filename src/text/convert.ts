@@ -195,6 +195,14 @@ export interface ConvertTextOptions {
   /** Default true. */
   selfCheck?: boolean;
   logger?: Logger;
+  /**
+   * Recorded as the manifest's `source` instead of the checkpoint's path, size and sha256 (which reads
+   * the whole file); `false` records none: for a working file that is not the published checkpoint,
+   * e.g. the sparse file of a ranged download that holds only the text tower's bytes.
+   */
+  source?: ClipTextManifest["source"] | false;
+  /** Read the checkpoint through this view (e.g. one that refuses tensors that were never downloaded). */
+  view?: (opened: StateDict) => StateDict;
 }
 
 /** Convert a CLIP text checkpoint (any supported layout) into a model folder. */
@@ -203,7 +211,8 @@ export async function convertTextCheckpoint(options: ConvertTextOptions): Promis
   const started = Date.now();
   const opened = openStateDict(options.checkpoint);
   try {
-    const inspected = inspectClipTextStateDict(opened, { heads: options.heads });
+    const viewed = options.view ? options.view(opened) : opened;
+    const inspected = inspectClipTextStateDict(viewed, { heads: options.heads });
     for (const w of inspected.warnings) logger?.warn(w);
     const c = inspected.config;
     logger?.info(
@@ -217,7 +226,10 @@ export async function convertTextCheckpoint(options: ConvertTextOptions): Promis
       logitScale: inspected.logitScale,
       selfCheck: options.selfCheck,
       logger,
-      source: await checkpointSource(options.checkpoint, opened.source.format),
+      source:
+        options.source === false
+          ? undefined
+          : (options.source ?? (await checkpointSource(options.checkpoint, opened.source.format))),
     });
     logger?.info(`wrote ${options.out} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return manifest;

@@ -1,9 +1,10 @@
 /**
  * A real HTTP server on loopback that plays the publishing hosts for pull tests: it serves files under
  * the same URL paths as huggingface.co and download.openxlab.org.cn, honours Range / If-Range like they
- * do, can redirect Hugging Face `resolve/` URLs to a second "CDN" server (another origin) stating the
- * file's sha256 in X-Linked-Etag, and can misbehave on purpose (drop the connection after N bytes,
- * ignore Range, stall, answer a wrong Content-Range). It counts every body byte it sends.
+ * do (`bytes=N-` and `bytes=N-M`), can redirect Hugging Face `resolve/` URLs to a second "CDN" server
+ * (another origin) stating the file's sha256 in X-Linked-Etag, and can misbehave on purpose (drop the
+ * connection after N bytes, ignore Range, stall, answer a wrong Content-Range). It counts every body
+ * byte it sends and records which bytes of the file each response carried.
  */
 import { createHash } from "node:crypto";
 import http from "node:http";
@@ -16,9 +17,13 @@ export interface RequestRecord {
   ifRange?: string;
   authorization?: string;
   status?: number;
+  /** The bytes [start, end) of the file that the response's body carried (when a body was sent). */
+  served?: [number, number];
 }
 
 export type Misbehaviour =
+  /** Serve this request normally (to misbehave on a later one). */
+  | { kind: "none" }
   | { kind: "drop"; afterBytes: number }
   | { kind: "stall"; afterBytes: number }
   | { kind: "ignore-range" }
@@ -40,6 +45,8 @@ export interface FakeHost {
   tamperCdn(urlPath: string, body: Buffer): void;
   /** Answer 401 on Hugging Face paths unless this bearer token is sent. */
   requireToken(token: string | undefined): void;
+  /** Ignore every Range header from now on (a host without Range support: always 200 and the whole file). */
+  ignoreRanges(ignore: boolean): void;
   close(): Promise<void>;
 }
 
@@ -57,6 +64,7 @@ export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {})
   const bytesSent = new Map<string, number>();
   let token: string | undefined;
   let version = 0;
+  let ignoreAllRanges = false;
 
   const serveBody = (
     server: "origin" | "cdn",
@@ -74,30 +82,38 @@ export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {})
     }
     const size = file.body.length;
     let start = 0;
-    const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? "");
+    let end = size; // exclusive
+    // `bytes=N-` (resumption) and `bytes=N-M` (a slice, what ranged text-tower fetches send).
+    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
     const ifRange = req.headers["if-range"];
-    const rangeValid = range && (!ifRange || ifRange === file.etag) && plan?.kind !== "ignore-range";
+    const rangeValid =
+      range && (!ifRange || ifRange === file.etag) && plan?.kind !== "ignore-range" && !ignoreAllRanges;
     const headers: http.OutgoingHttpHeaders = { etag: file.etag, "accept-ranges": "bytes" };
     let status = 200;
     if (rangeValid) {
       start = Number(range[1]);
-      if (start >= size) {
+      if (range[2] !== "") end = Math.min(size, Number(range[2]) + 1);
+      if (start >= size || end <= start) {
         record.status = 416;
         res.writeHead(416, { "content-range": `bytes */${size}` }).end();
         return;
       }
       status = 206;
       const claimedStart = plan?.kind === "wrong-range" ? start + 7 : start;
-      headers["content-range"] = `bytes ${claimedStart}-${size - 1}/${size}`;
+      headers["content-range"] = `bytes ${claimedStart}-${end - 1}/${size}`;
+      record.served = [start, end];
+    } else {
+      record.served = [0, size];
     }
-    headers["content-length"] = size - start;
+    headers["content-length"] = end - start;
     record.status = status;
     res.writeHead(status, headers);
-    const body = file.body.subarray(start);
+    const body = file.body.subarray(start, end);
     const count = (n: number) => bytesSent.set(key, (bytesSent.get(key) ?? 0) + n);
     if (plan?.kind === "drop" || plan?.kind === "stall") {
       const part = body.subarray(0, plan.afterBytes);
       count(part.length);
+      record.served = [start, start + part.length];
       res.write(part, () => {
         // Let the bytes reach the client before cutting (drop) or going silent (stall).
         if (plan.kind === "drop") setTimeout(() => req.socket.destroy(), 250);
@@ -195,6 +211,9 @@ export async function startFakeHost(options: { redirectHfToCdn?: boolean } = {})
     },
     requireToken(t) {
       token = t;
+    },
+    ignoreRanges(ignore) {
+      ignoreAllRanges = ignore;
     },
     async close() {
       for (const s of [origin, cdn]) {

@@ -24,17 +24,27 @@ export const SAM21_FP32_FILES = [
   "vision_encoder.onnx_data",
 ];
 
+/** Where OpenAI publishes ViT-L/14@336 (the URL names the file's sha256), and its Hugging Face repository. */
+export const OPENAI_CLIP_DIR =
+  "/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02";
+export const OPENAI_CLIP_FILE = "ViT-L-14-336px.pt";
+export const HF_CLIP_DIR = "/openai/clip-vit-large-patch14-336/resolve/main";
+
 /**
  * DEFAULT_CATALOG with the given files' exact size and sha256 filled in (as if read from the
- * publisher), and optionally another head count for the vision conversion (the tiny model has 4).
+ * publisher), and optionally another head count for the conversions (the tiny models have 4).
  * Files are keyed by name, or by `<model>/<name>` where two models publish the same file name (the
  * segmenters' `vision_encoder.onnx`).
+ *
+ * Presets lose their CLIP text tower unless `presetText` is set: the tests written before the preset
+ * named one serve no text checkpoint (pull-text.test.ts covers the preset with it).
  */
 export function catalogWith(
   files: Record<string, Buffer>,
-  options: { heads?: number; withSha?: boolean } = {},
+  options: { heads?: number; withSha?: boolean; presetText?: boolean } = {},
 ): Catalog {
   const catalog = structuredClone(DEFAULT_CATALOG) as Catalog;
+  if (!options.presetText) for (const preset of catalog.presets) delete preset.text;
   for (const model of catalog.models) {
     if (options.heads && model.convert) model.convert.heads = options.heads;
     const all = [...(model.commonFiles ?? []), ...Object.values(model.variants).flatMap((v) => v.files)];

@@ -1,7 +1,7 @@
 /** Checkpoint readers: PyTorch zip (torch.save) and safetensors, behind one lazy `StateDict` view. */
 export { openStateDict } from "./open.js";
 export { openPytorchZip } from "./pytorch.js";
-export { openSafetensors } from "./safetensors.js";
+export { looksLikeSafetensors, openSafetensors } from "./safetensors.js";
 export {
   DTYPE_BYTES,
   inMemoryStateDict,
@@ -9,5 +9,17 @@ export {
   type StateDict,
   type StoredDType,
   type TensorInfo,
+  type TensorLocation,
 } from "./state-dict.js";
-export { ZipFile, type ZipEntry } from "./zip-file.js";
+export {
+  LOCAL_HEADER_BYTES,
+  localDataOffset,
+  parseCentralDirectory,
+  parseEndOfCentralDirectory,
+  parseZip64EndRecord,
+  ZIP64_END_RECORD_BYTES,
+  ZIP_TAIL_BYTES,
+  ZipFile,
+  type CentralDirectoryLocation,
+  type ZipEntry,
+} from "./zip-file.js";

@@ -215,6 +215,7 @@ function readPytorchZip(zip: ZipFile): StateDict {
     read: (key) => readTensor(zip, top, key, get(key)),
     close: () => zip.close(),
     source: { path: file, format: isScriptModule(root) ? "torchscript" : "pytorch-zip" },
+    locate: (key) => ({ kind: "zip-entry", entry: `${top}data/${get(key).storage.key}` }),
   };
 }
 

@@ -103,5 +103,6 @@ function readSafetensors(file: string, fd: number): StateDict {
     },
     close: () => fs.closeSync(fd),
     source: { path: file, format: "safetensors" },
+    locate: (key) => ({ kind: "bytes", start: dataStart + get(key).begin, end: dataStart + get(key).end }),
   };
 }

@@ -23,6 +23,13 @@ export interface TensorInfo {
   shape: number[];
 }
 
+/**
+ * Where a tensor's bytes sit in its file: a zip entry (a torch.save / TorchScript storage, possibly shared
+ * with other tensors) or an absolute byte range (safetensors). Lets a downloader fetch only some tensors.
+ */
+export type TensorLocation =
+  { kind: "zip-entry"; entry: string } | { kind: "bytes"; start: number; end: number };
+
 export interface StateDict {
   /** Tensor names (after format-level normalisation such as removing a `module.` prefix). */
   keys(): string[];
@@ -34,6 +41,8 @@ export interface StateDict {
   close(): void;
   /** Where it came from and in which format ("pytorch-zip", "safetensors", "memory"). */
   readonly source: { path?: string; format: string };
+  /** Where a tensor's bytes are in the file, for readers of files (absent for in-memory ones). */
+  locate?(key: string): TensorLocation;
 }
 
 export function missingKey(key: string, where?: string): RegionVqaError {
@@ -128,5 +137,6 @@ export function renameKeys(inner: StateDict, rename: (key: string) => string | u
     read: (key) => inner.read(orig(key)),
     close: () => inner.close(),
     source: inner.source,
+    ...(inner.locate ? { locate: (key: string) => inner.locate!(orig(key)) } : {}),
   };
 }
