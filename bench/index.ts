@@ -5,12 +5,13 @@
  * prints the markdown tables. Each part runs in a child process of its own, so memory peaks and
  * native engines do not mix between models.
  *
- *   npm run bench -- [--only pipeline,concurrency,segmenter,classify,vision,llm] [--model bundled,shapes,tiny,full]
+ *   npm run bench -- [--only pipeline,concurrency,segmenter,classify,vision,llm,cluster] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N]
  *     [--device auto|webgpu|cuda|cpu] [--gpu false|auto|cuda|vulkan|metal] [--max-conversations N]
  *     [--endpoint ask|caption] [--seg-images N] [--seg-clicks N] [--cls-labels 1,24,1000]
- *     [--cls-templates N] [--out DIR]
+ *     [--cls-templates N] [--cluster-levels 1,4,8] [--cluster-requests N] [--cluster-seconds S]
+ *     [--cluster-histories 1,3,6] [--cluster-repeats N] [--cluster-threads N] [--out DIR]
  *   npm run bench -- --render .cache/bench/results/latest.json   (markdown of a saved result)
  *
  * Defaults: pipeline on bundled + full, concurrency on bundled (full-size concurrency only when asked:
@@ -18,7 +19,10 @@
  * SAM 2.1-tiny-shaped stand-in on the CPU, with --threads ONNX threads; --model does not apply),
  * classify (bench/classify.ts: text encoding and zero-shot classify latency on the bundled model's CLIP
  * text tower, CPU, --threads ONNX threads, --repeats runs per row; --model does not apply).
- * vision and llm run bench/vision.ts and bench/llm.ts.
+ * vision and llm run bench/vision.ts and bench/llm.ts. cluster (bench/cluster.ts, only when asked: it needs
+ * redis-server, haproxy and dist/) runs the concurrency load against one plain `serve` and through HAProxy
+ * with 1 and 2 replicas sharing Redis (deploy/local-cluster.sh), times follow-ups on the owning replica
+ * vs. rebuilt on the other one and one SIGKILL failover, and counts Redis commands per request.
  * On a software adapter (Mesa's lavapipe), `--device webgpu` numbers check the GPU path, not its speed.
  */
 import { spawn } from "node:child_process";
@@ -30,6 +34,7 @@ import { parseArgs } from "node:util";
 import { ORT_DEVICES, type OrtDevice } from "../src/common/ort/index.js";
 import { LLM_GPUS, type LlmGpu } from "../src/llm/index.js";
 import { runClassifyBench, type ClassifyBenchResult } from "./classify.js";
+import { runClusterBench, type ClusterBenchResult } from "./cluster.js";
 import { runConcurrencyBench, type ConcurrencyBenchResult, type ConcurrencyEndpoint } from "./concurrency.js";
 import { resolveModelSet, type ModelSetName } from "./model-sets.js";
 import { runPipelineBench, type PipelineBenchResult } from "./pipeline.js";
@@ -41,10 +46,10 @@ import { runTsChild } from "./synthetic-models.js";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
 
-type Part = "pipeline" | "concurrency" | "segmenter" | "classify" | "vision" | "llm";
-type ChildPart = "pipeline" | "concurrency" | "segmenter" | "classify";
-const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "classify", "vision", "llm"];
-const CHILD_PARTS: ChildPart[] = ["pipeline", "concurrency", "segmenter", "classify"];
+type Part = "pipeline" | "concurrency" | "segmenter" | "classify" | "vision" | "llm" | "cluster";
+type ChildPart = "pipeline" | "concurrency" | "segmenter" | "classify" | "cluster";
+const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "classify", "vision", "llm", "cluster"];
+const CHILD_PARTS: ChildPart[] = ["pipeline", "concurrency", "segmenter", "classify", "cluster"];
 const MODEL_SETS: ModelSetName[] = ["bundled", "shapes", "tiny", "full"];
 
 const { values } = parseArgs({
@@ -69,6 +74,12 @@ const { values } = parseArgs({
     "seg-clicks": { type: "string", default: "10" },
     "cls-labels": { type: "string", default: "1,24,1000" },
     "cls-templates": { type: "string", default: "3" },
+    "cluster-levels": { type: "string", default: "1,4,8" },
+    "cluster-requests": { type: "string", default: "200" },
+    "cluster-seconds": { type: "string", default: "120" },
+    "cluster-histories": { type: "string", default: "1,3,6" },
+    "cluster-repeats": { type: "string", default: "10" },
+    "cluster-threads": { type: "string", default: "1" },
     out: { type: "string", default: path.join(repoRoot, ".cache", "bench", "results") },
     child: { type: "string" },
     render: { type: "string" },
@@ -109,6 +120,12 @@ const endpoint = values.endpoint as ConcurrencyEndpoint;
 const levels = values.levels!.split(",").map(Number);
 if (levels.some((l) => !Number.isInteger(l) || l < 1))
   fail(`--levels must be positive integers, e.g. 1,4,16`);
+const positiveList = (name: keyof typeof values, example: string): number[] => {
+  const items = String(values[name]).split(",").map(Number);
+  if (items.some((n) => !Number.isInteger(n) || n < 1))
+    fail(`--${name} must be positive integers, e.g. ${example}`);
+  return items;
+};
 const clsLabels = values["cls-labels"]!.split(",").map(Number);
 if (clsLabels.some((n) => !Number.isInteger(n) || n < 1 || n > 1000))
   fail(`--cls-labels must be label counts from 1 to 1000, e.g. 1,24,1000`);
@@ -132,6 +149,27 @@ async function child(part: ChildPart, model: ModelSetName): Promise<void> {
         images: positive("seg-images"),
         clicks: positive("seg-clicks"),
         photo: true,
+      },
+      log,
+    );
+    process.stdout.write(`\n${JSON.stringify(result)}\n`);
+    return;
+  }
+  if (part === "cluster") {
+    const result = await runClusterBench(
+      {
+        levels: positiveList("cluster-levels", "1,4,8"),
+        requests: positive("cluster-requests"),
+        seconds: positive("cluster-seconds"),
+        maxTokens: common.maxTokens,
+        threads: positive("cluster-threads"),
+        llmThreads: common.llmThreads,
+        histories: positiveList("cluster-histories", "1,3,6"),
+        repeats: positive("cluster-repeats"),
+        commandSamples: positive("cluster-repeats"),
+        failover: true,
+        redisBenchmark: true,
+        readyTimeoutS: 240,
       },
       log,
     );
@@ -216,6 +254,7 @@ async function parent(): Promise<void> {
   const started = new Date();
   const segmenterResults: SegmenterBenchResult[] = [];
   const classifyResults: ClassifyBenchResult[] = [];
+  const clusterResults: ClusterBenchResult[] = [];
   const report: BenchReport = {
     startedAt: started.toISOString(),
     finishedAt: "",
@@ -226,6 +265,7 @@ async function parent(): Promise<void> {
     concurrency: [],
     segmenter: segmenterResults,
     classify: classifyResults,
+    cluster: clusterResults,
     external: [],
     failures: [],
   };
@@ -257,6 +297,15 @@ async function parent(): Promise<void> {
       log("segmenter (bundled segmenter + SAM 2.1-tiny-shaped stand-in, CPU)");
       try {
         segmenterResults.push((await runChild(part, "bundled")) as SegmenterBenchResult);
+      } catch (err) {
+        report.failures.push({ part, model: "-", error: (err as Error).message });
+      }
+      continue;
+    }
+    if (part === "cluster") {
+      log("cluster (plain serve, then 1 and 2 replicas behind HAProxy with Redis; bundled model, CPU)");
+      try {
+        clusterResults.push((await runChild(part, "bundled")) as ClusterBenchResult);
       } catch (err) {
         report.failures.push({ part, model: "-", error: (err as Error).message });
       }

@@ -1,5 +1,6 @@
 /** Markdown tables of benchmark results (what `npm run bench` prints and saves beside the JSON). */
 import type { ClassifyBenchResult } from "./classify.js";
+import type { ClusterBenchResult, OpCost } from "./cluster.js";
 import type { ConcurrencyBenchResult } from "./concurrency.js";
 import type { PipelineBenchResult } from "./pipeline.js";
 import type { SegmenterBenchResult, Spread } from "./segmenter.js";
@@ -24,6 +25,8 @@ export interface BenchReport {
   segmenter?: SegmenterBenchResult[];
   /** Absent from results saved before the classify bench existed. */
   classify?: ClassifyBenchResult[];
+  /** Absent from results saved before the cluster bench existed. */
+  cluster?: ClusterBenchResult[];
   external: ExternalBenchResult[];
   failures: Array<{ part: string; model: string; error: string }>;
 }
@@ -272,6 +275,176 @@ export function classifyTable(r: ClassifyBenchResult): string {
   return lines.join("\n");
 }
 
+const OP_MEANING: Record<string, string> = {
+  feature_get: "MGET of a region's shared embeddings (first question; rebuild when not local)",
+  feature_set: "SET of newly encoded embeddings, with TTL (in the background of the answer)",
+  transcript_get:
+    "GET of a transcript (every follow-up: to rebuild, or to check that no other replica continued it)",
+  transcript_set: "SET of the whole transcript after each answer (before the answer is sent)",
+  transcript_delete: "DEL of a transcript (DELETE /v1/regions/conversations/:id)",
+};
+
+/** Operations whose round trip a request waits for (feature_set is written in the background). */
+const BLOCKING_OPS: Record<string, boolean> = {
+  feature_get: true,
+  feature_set: false,
+  transcript_get: true,
+  transcript_set: true,
+  transcript_delete: true,
+};
+
+const count = (m: Record<string, number>): string =>
+  Object.entries(m)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+
+export function clusterTables(r: ClusterBenchResult): string {
+  const o = r.options;
+  const baseline = r.setups.find((s) => s.key === "baseline");
+  const lines = [
+    "### Scale-out: replicas behind HAProxy with Redis, on one machine",
+    "",
+    `${r.models.description}; every server process with ONNX Runtime ${o.threads} thread(s) and llama.cpp ${o.llmThreads} thread(s), ` +
+      `on a ${r.cores}-core machine; load average ${r.loadAverage.start.join(" / ")} at the start, ${r.loadAverage.end.join(" / ")} at the end. ` +
+      `Load: POST /v1/regions/ask first questions ("${r.models.question}"), ${r.imageSize}, a different image per request ` +
+      `and the same images in every setup, greedy, max ${o.maxTokens} tokens; each level ${o.requests} requests (at most ${o.seconds} s).`,
+    "",
+    ...r.setups.map(
+      (s) =>
+        `- **${s.label}**: ready ${(s.readyMs / 1000).toFixed(1)} s after spawning; load average ${s.loadAverage.start[0]} at its start, ${s.loadAverage.end[0]} at its end.`,
+    ),
+    "",
+    "| setup | clients | requests | errors | **requests/s** | vs. plain serve | **p50 ms** | **p90 ms** | p99 ms | answers per replica | encoder runs | vision cache hits | CPU cores: servers / HAProxy+Redis / bench client / whole machine | CPU ms per request: servers / HAProxy+Redis | server RSS MiB |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ...r.setups.flatMap((s) =>
+      s.levels.map((l) => {
+        const base = baseline?.levels.find((b) => b.clients === l.clients)?.requestsPerSecond;
+        const ratio =
+          s.key === "baseline" || !base || l.requestsPerSecond === null
+            ? "–"
+            : `${(l.requestsPerSecond / base).toFixed(2)}x`;
+        const errors = l.errors ? `${l.errors} (${count(l.errorCodes)})` : "0";
+        return (
+          `| ${s.label} | ${l.clients} | ${l.requests} | ${errors} | **${cell(l.requestsPerSecond)}** | ${ratio} | ` +
+          `**${cell(l.latencyMs.p50)}** | **${cell(l.p90Ms)}** | ${cell(l.latencyMs.p99)} | ${count(l.perReplica)} | ` +
+          `${l.encoderRuns} | ${l.visionCacheHits} | ` +
+          `${cell(l.cpuCores?.servers)} / ${cell(l.cpuCores?.lbRedis)} / ${cell(l.cpuCores?.client)} / ${cell(l.cpuCores?.machine)} | ` +
+          `${cell(l.cpuMsPerRequest?.servers)} / ${cell(l.cpuMsPerRequest?.lbRedis)} | ${l.serverRssMiB} |`
+        );
+      }),
+    ),
+  ];
+  const stages = ["decode", "preprocess", "encode", "project", "prefill"];
+  lines.push(
+    "",
+    "Where the servers' time went during each level: mean ms per run of each pipeline stage (`region_vqa_pipeline_stage_duration_seconds`; " +
+      "under concurrency a stage's time includes waiting for its engine, e.g. prefill for the LLM's next batch). Generation is not a stage: " +
+      "it is the rest of a request's latency.",
+    "",
+    `| setup | clients | ${stages.join(" ms | ")} ms |`,
+    `|---|---|${stages.map(() => "---|").join("")}`,
+    ...r.setups.flatMap((s) =>
+      s.levels.map(
+        (l) => `| ${s.label} | ${l.clients} | ${stages.map((st) => cell(l.stagesMs?.[st])).join(" | ")} |`,
+      ),
+    ),
+  );
+  if (r.rebuild.length) {
+    lines.push(
+      "",
+      "**Follow-up on the owning replica (KV cache reused) vs. on the other one (rebuilt from Redis).** " +
+        "Twin conversations (same image, region and previous turns) were started on one replica, the owner; the next " +
+        "question went for one twin to the owner (timed; KV cache reused) and for the other twin to the other replica " +
+        "(timed; it reads the transcript and the shared embeddings and prefills the history). " +
+        `${o.repeats} conversation(s) per row; ms at the client, median / p90. The stage columns are the rebuilding replica's ` +
+        "`region_vqa_pipeline_stage_duration_seconds` around each request (the `rebuild` stage includes its prefill); Redis reads: " +
+        "transcript_get + feature_get round trips from `region_vqa_shared_state_command_duration_seconds`.",
+      "",
+      "| previous turns | conversations | prompt tokens | **owner, KV reused ms** | **other replica, rebuilt ms** | extra ms | `rebuild` stage ms | of which prefill ms | of which Redis reads ms | answers equal | counted reused / rebuilt |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+      ...r.rebuild.map(
+        (row) =>
+          `| ${row.history} | ${row.conversations} | ${cell(row.promptTokens)} | **${spreadCell(row.ownerMs)}** | **${spreadCell(row.rebuiltMs)}** | ` +
+          `${spreadCell(row.extraMs)} | ${spreadCell(row.rebuildStageMs)} | ${spreadCell(row.rebuildPrefillMs)} | ${spreadCell(row.rebuildRedisMs)} | ` +
+          `${row.answersEqual}/${row.conversations} | ${row.kv.reused} / ${row.kv.rebuilt} |`,
+      ),
+    );
+    const off = r.rebuild.reduce((a, row) => a + row.historyOffOwner, 0);
+    if (off) lines.push("", `> ${off} history turn(s) were routed away from their conversation's replica.`);
+  }
+  if (r.failover) {
+    const f = r.failover;
+    lines.push(
+      "",
+      `**Failover (SIGKILL).** A conversation with ${f.history} previous turns on ${f.victim}; ${f.victim} killed with SIGKILL, ` +
+        `then the next question at once through the load balancer: **${f.afterKill.ms} ms**, HTTP ${f.afterKill.status}, ` +
+        `answered by ${f.afterKill.replica ?? "–"} (turn ${cell(f.afterKill.turns)}; rebuilt counter +${f.rebuilt}); ` +
+        `the answer ${f.answerEqualsReference ? "equals" : "**differs from**"} that of a twin conversation (same image and history) answered by ${f.victim} before the kill. ` +
+        `The question after that: ${f.next.ms} ms on ${f.next.replica ?? "–"} (its KV cache now local).`,
+    );
+  }
+  const rd = r.redis;
+  if (rd.perKind.length) {
+    const order = ["feature_get", "feature_set", "transcript_get", "transcript_set", "transcript_delete"];
+    const ops = order.filter((op) => rd.perKind.some((k) => k.commands[op] !== undefined));
+    const pathMs = (k: (typeof rd.perKind)[number]): string => {
+      let ms = 0;
+      for (const [op, n] of Object.entries(k.commands)) {
+        if (BLOCKING_OPS[op]) ms += n * (rd.idle[op]?.meanMs ?? 0);
+      }
+      return ms.toFixed(2);
+    };
+    lines.push(
+      "",
+      "**Redis commands per request** (from the replicas' `region_vqa_shared_state_command_duration_seconds_count`; first questions and " +
+        "owner follow-ups sent one at a time straight to replica-1, rebuilt follow-ups from the rows above):",
+      "",
+      `| request kind | requests | counted as (kv, per request) | ${ops.join(" | ")} | commands | of which the answer waits for | their round trips, ms (idle means) |`,
+      `|---|---|---|${ops.map(() => "---|").join("")}---|---|---|`,
+      ...rd.perKind.map((k) => {
+        const total = Object.values(k.commands).reduce((a, b) => a + b, 0);
+        const blocking = Object.entries(k.commands)
+          .filter(([op]) => BLOCKING_OPS[op])
+          .reduce((a, [, n]) => a + n, 0);
+        return `| ${k.kind} | ${k.requests} | ${count(k.kv ?? {})} | ${ops.map((op) => cell(k.commands[op] ?? 0)).join(" | ")} | ${round2(total)} | ${round2(blocking)} | ${pathMs(k)} |`;
+      }),
+    );
+    const loads = r.setups.filter((s) => s.redisDuringLoad);
+    const allOps = [
+      ...new Set([...Object.keys(rd.idle), ...loads.flatMap((s) => Object.keys(s.redisDuringLoad!))]),
+    ];
+    const costCell = (c: OpCost | undefined): string => (c ? `${c.commands} / ${cell(c.meanMs)}` : "–");
+    lines.push(
+      "",
+      "**Round trip per operation**, as the replica measures it (from before the ioredis call to its result: the event loop's delays " +
+        "and, for embeddings, decoding included): commands / mean ms.",
+      "",
+      `| operation | what | idle cluster (sequential requests) | ${loads.map((s) => `under load: ${s.label}, all levels`).join(" | ")} |`,
+      `|---|---|---|${loads.map(() => "---|").join("")}`,
+      ...allOps.map(
+        (op) =>
+          `| ${op} | ${OP_MEANING[op] ?? ""} | ${costCell(rd.idle[op])} | ${loads.map((s) => costCell(s.redisDuringLoad![op])).join(" | ")} |`,
+      ),
+      "",
+      `Stored values: region embeddings ${cell(rd.valueBytes.feature)} B on average (${rd.valueBytes.features} keys, fp16 + header), ` +
+        `transcripts ${cell(rd.valueBytes.transcript)} B (${rd.valueBytes.transcripts} keys, JSON).`,
+    );
+    for (const b of rd.benchmarks) {
+      lines.push(
+        "",
+        b.error
+          ? `\`${b.command}\`: ${b.error}`
+          : `\`${b.command}\` (same redis-server, idle cluster): ${b.results
+              .map((x) => `${x.test} ${x.requestsPerSecond} req/s, p50 ${cell(x.p50Ms)} ms`)
+              .join("; ")}.`,
+      );
+    }
+  }
+  return lines.join("\n");
+}
+
+const round2 = (v: number): string => String(Math.round(v * 100) / 100);
+
 export function renderReport(report: BenchReport): string {
   const parts = [
     "## Benchmark results",
@@ -283,6 +456,7 @@ export function renderReport(report: BenchReport): string {
     ...report.concurrency.map((c) => `${concurrencyTable(c)}\n`),
     ...(report.segmenter ?? []).map((s) => `${segmenterTable(s)}\n`),
     ...(report.classify ?? []).map((c) => `${classifyTable(c)}\n`),
+    ...(report.cluster ?? []).map((c) => `${clusterTables(c)}\n`),
     ...report.external.map((e) => `### ${e.part} (\`${e.command}\`)\n\n${e.output.trim()}\n`),
     ...(report.failures.length
       ? ["### Failures", "", ...report.failures.map((f) => `- ${f.part} on ${f.model}: ${f.error}`), ""]

@@ -79,3 +79,46 @@ export interface Spread {
 export function spread(values: readonly number[], digits = 1): Spread {
   return { median: round(median(values), digits), p90: round(quantile(values, 0.9), digits) };
 }
+
+/** Arithmetic mean; NaN when empty. */
+export function mean(values: readonly number[]): number {
+  return values.length === 0 ? NaN : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+/** One sample of a Prometheus text exposition: `name{label="value",...} value`. */
+export interface MetricSample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** The samples of a Prometheus text exposition (comments and unparsable lines are skipped). */
+export function parseMetrics(text: string): MetricSample[] {
+  const samples: MetricSample[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$/.exec(line.trim());
+    if (!m) continue;
+    const value = Number(m[3] === "+Inf" ? Infinity : m[3] === "-Inf" ? -Infinity : m[3]);
+    if (Number.isNaN(value) && m[3] !== "NaN") continue;
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) {
+      labels[l[1]] = l[2].replace(/\\(.)/g, (_, c: string) => (c === "n" ? "\n" : c));
+    }
+    samples.push({ name: m[1], labels, value });
+  }
+  return samples;
+}
+
+/** Sum of the samples named `name` whose labels include every one of `labels`. */
+export function metricSum(
+  samples: readonly MetricSample[],
+  name: string,
+  labels: Record<string, string> = {},
+): number {
+  let sum = 0;
+  for (const s of samples) {
+    if (s.name !== name) continue;
+    if (Object.entries(labels).every(([k, v]) => s.labels[k] === v)) sum += s.value;
+  }
+  return sum;
+}

@@ -9,13 +9,20 @@
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { benchLabels, onnxParameters, runClassifyBench } from "../bench/classify.js";
+import { clusterPrerequisites, parseRedisBenchmark, runClusterBench } from "../bench/cluster.js";
 import { runConcurrencyBench } from "../bench/concurrency.js";
 import { benchImage } from "../bench/images.js";
 import { resolveModelSet } from "../bench/model-sets.js";
 import { runPipelineBench } from "../bench/pipeline.js";
-import { classifyTable, concurrencyTable, pipelineTable, segmenterTable } from "../bench/report.js";
+import {
+  classifyTable,
+  clusterTables,
+  concurrencyTable,
+  pipelineTable,
+  segmenterTable,
+} from "../bench/report.js";
 import { hieraTinyEncoderMacs, miniSamMacs, runSegmenterBench } from "../bench/segmenter.js";
-import { quantile, round, spread } from "../bench/stats.js";
+import { metricSum, parseMetrics, quantile, round, spread } from "../bench/stats.js";
 import { SAM21_TINY_SHAPED_ARCHITECTURE } from "../src/segmenter/index.js";
 
 const engine = {
@@ -38,6 +45,36 @@ describe("bench statistics", () => {
     expect(round(1.26, 1)).toBe(1.3);
     expect(spread([5, 1, 3, 2, 4])).toEqual({ median: 3, p90: 4.6 });
     expect(spread([])).toEqual({ median: null, p90: null });
+  });
+
+  it("reads Prometheus text and redis-benchmark's quiet output", () => {
+    const samples = parseMetrics(
+      [
+        "# HELP region_vqa_conversation_turns_total Questions",
+        "# TYPE region_vqa_conversation_turns_total counter",
+        'region_vqa_conversation_turns_total{kv="new"} 3',
+        'region_vqa_conversation_turns_total{kv="rebuilt"} 2',
+        'region_vqa_shared_state_command_duration_seconds_bucket{le="+Inf",op="feature_get"} 4',
+        'region_vqa_shared_state_command_duration_seconds_sum{op="feature_get"} 0.0036822090000005',
+        "region_vqa_shared_state_up 1",
+      ].join("\n"),
+    );
+    expect(samples).toHaveLength(5);
+    expect(metricSum(samples, "region_vqa_conversation_turns_total")).toBe(5);
+    expect(metricSum(samples, "region_vqa_conversation_turns_total", { kv: "rebuilt" })).toBe(2);
+    expect(metricSum(samples, "region_vqa_conversation_turns_total", { kv: "reused" })).toBe(0);
+    expect(samples[2].labels).toEqual({ le: "+Inf", op: "feature_get" });
+    expect(metricSum(samples, "region_vqa_shared_state_command_duration_seconds_sum")).toBeCloseTo(0.00368);
+    expect(
+      parseRedisBenchmark(
+        "SET: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)\r" +
+          "SET: 153846.16 requests per second, p50=0.183 msec\n" +
+          "GET: 143884.89 requests per second, p50=0.175 msec\n",
+      ),
+    ).toEqual([
+      { test: "SET", requestsPerSecond: 153846.16, p50Ms: 0.183 },
+      { test: "GET", requestsPerSecond: 143884.89, p50Ms: 0.175 },
+    ]);
   });
 
   it("makes a different image per seed, with the box inside it", async () => {
@@ -228,5 +265,101 @@ describe("classify bench", () => {
     expect(table).toMatch(/\| 3 \| [\d.]+ \| 1 \| \*\*/);
     expect(table).toContain("3.28 M parameters");
     expect(table).toContain("1 intra-op thread(s)");
+  }, 180_000);
+});
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Real processes (deploy/local-cluster.sh: redis-server, HAProxy, replicas of `region-vqa serve` on the
+// bundled model); about 20 s. Asserts what the tables claim, never a time.
+describe.skipIf(clusterPrerequisites().length > 0)("cluster bench", () => {
+  it("rebuilt follow-ups answer as the owner does, failover rebuilds, Redis commands are counted, nothing is left running", async () => {
+    const result = await runClusterBench(
+      {
+        levels: [2],
+        requests: 4,
+        seconds: 60,
+        maxTokens: 16,
+        threads: 1,
+        llmThreads: 1,
+        histories: [1, 3],
+        repeats: 2,
+        commandSamples: 2,
+        failover: true,
+        redisBenchmark: false,
+        readyTimeoutS: 120,
+      },
+      quiet,
+    );
+    expect(result.setups.map((s) => s.key)).toEqual(["baseline", "replicas-1", "replicas-2"]);
+    for (const setup of result.setups) {
+      const [level] = setup.levels;
+      expect(level).toMatchObject({ clients: 2, requests: 4, errors: 0, encoderRuns: 4, visionCacheHits: 0 });
+      expect(level.p90Ms).toBeGreaterThanOrEqual(level.latencyMs.p50!);
+      expect(Object.keys(level.perReplica).sort()).toEqual(
+        setup.key === "baseline"
+          ? ["baseline"]
+          : setup.key === "replicas-1"
+            ? ["replica-1"]
+            : ["replica-1", "replica-2"],
+      );
+      expect(setup.redisDuringLoad === undefined).toBe(setup.key === "baseline");
+      // The script, redis-server, HAProxy and the replicas (or the one plain server): all stopped.
+      expect(setup.pids.length).toBe(setup.key === "baseline" ? 1 : 3 + setup.replicas);
+      for (const pid of setup.pids) expect(alive(pid), `pid ${pid} still running`).toBe(false);
+    }
+    expect(result.rebuild.map((r) => r.history)).toEqual([1, 3]);
+    for (const row of result.rebuild) {
+      expect(row).toMatchObject({ conversations: 2, answersEqual: 2, kv: { reused: 2, rebuilt: 2 } });
+      expect(row.rebuildStageMs.median).toBeGreaterThan(0);
+      expect(row.rebuildPrefillMs.median).toBeGreaterThan(0);
+      expect(row.rebuildStageMs.median!).toBeGreaterThanOrEqual(row.rebuildPrefillMs.median!);
+    }
+    // Three more previous turns: more prompt tokens to prefill on the rebuild.
+    expect(result.rebuild[1].promptTokens!).toBeGreaterThan(result.rebuild[0].promptTokens!);
+    expect(result.failover).toMatchObject({
+      afterKill: { status: 200, turns: 4 },
+      rebuilt: 1,
+      answerEqualsReference: true,
+      next: { status: 200 },
+    });
+    expect(result.failover!.afterKill.replica).toBe(result.failover!.survivor);
+    expect(result.failover!.next.replica).toBe(result.failover!.survivor);
+    expect(result.redis.perKind).toEqual([
+      {
+        kind: "first question (new image)",
+        requests: 2,
+        commands: { feature_get: 1, feature_set: 1, transcript_set: 1 },
+        kv: { new: 1 },
+      },
+      {
+        kind: "follow-up, KV cache on this replica",
+        requests: 2,
+        // The transcript is read to check that no other replica continued the conversation since.
+        commands: { transcript_get: 1, transcript_set: 1 },
+        kv: { reused: 1 },
+      },
+      {
+        kind: "follow-up, rebuilt from Redis on another replica",
+        requests: 4,
+        commands: { feature_get: 1, transcript_get: 1, transcript_set: 1 },
+        kv: { rebuilt: 1 },
+      },
+    ]);
+    expect(result.redis.idle.transcript_set.meanMs).toBeGreaterThan(0);
+    expect(result.redis.valueBytes.feature).toBeGreaterThan(result.redis.valueBytes.transcript!);
+    const tables = clusterTables(result);
+    expect(tables).toContain("| 2 replicas + HAProxy + Redis | 2 | 4 | 0 |");
+    expect(tables).toMatch(/\| 3 \| 2 \| \d+ \| \*\*[\d.]+ \/ [\d.]+\*\* \|/);
+    expect(tables).toContain(
+      "| follow-up, rebuilt from Redis on another replica | 4 | rebuilt 1 | 1 | 0 | 1 | 1 | 3 | 3 |",
+    );
   }, 180_000);
 });

@@ -293,6 +293,28 @@ describe.skipIf(!haveRedis)("two pipelines sharing one Redis (bundled model)", (
     expect(encodes.b).toBe(0);
   }, 60_000);
 
+  it("a replica whose copy fell behind (the conversation went on elsewhere) rebuilds it instead of forking it", async () => {
+    const conv = await a.openConversation(png, { kind: "box", box });
+    await conv.ask("What colour is the highlighted region?", { maxTokens: 8 }).result;
+    const onB = (await b.resumeConversation(conv.id))!;
+    expect(onB.rebuilt).toBe(true);
+    await onB.conversation.ask("What shape is it?", { maxTokens: 8 }).result;
+    // Back on A: its own copy has 1 turn, the transcript 2: A must not answer from its stale copy.
+    const backOnA = (await a.resumeConversation(conv.id))!;
+    expect(backOnA.rebuilt).toBe(true);
+    expect(backOnA.conversation.turns).toEqual(onB.conversation.turns);
+    await backOnA.conversation.ask("Where is it?", { maxTokens: 8 }).result;
+    const againOnB = (await b.resumeConversation(conv.id))!;
+    expect(againOnB.rebuilt).toBe(true);
+    expect(againOnB.conversation.turns.map((t) => t.question)).toEqual([
+      "What colour is the highlighted region?",
+      "What shape is it?",
+      "Where is it?",
+    ]);
+    // Unchanged since: B's own copy is current and is kept.
+    expect((await b.resumeConversation(conv.id))!.rebuilt).toBe(false);
+  }, 60_000);
+
   it("refuses to continue when the region's shared embeddings expired, or the ids are taken", async () => {
     const conv = await a.openConversation(png, { kind: "whole" });
     await conv.ask("What is in the image?", { maxTokens: 8 }).result;

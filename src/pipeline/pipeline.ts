@@ -5,6 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { modelFingerprint } from "../common/fingerprint.js";
+import type { Transcript } from "../shared-state/index.js";
 import { RegionVqaError } from "../common/errors.js";
 import { LlavaModel, type AnswerResult, type Conversation, type GenerationOptions } from "../llm/index.js";
 import {
@@ -23,6 +24,7 @@ import type {
   OpenConversationOptions,
   PipelineStats,
   ResumedConversation,
+  Turn,
   RegionVqaPipeline,
   SegmentOptions,
 } from "./types.js";
@@ -293,12 +295,36 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     options: { signal?: AbortSignal } = {},
   ): Promise<ResumedConversation | undefined> {
     this.assertOpen();
+    const shared = this.options.sharedState;
     const local = this.conversations.get(id);
-    if (local) return { conversation: local, rebuilt: false };
-    if (!this.options.sharedState) return undefined;
+    if (local && !shared) return { conversation: local, rebuilt: false };
+    if (local && shared) {
+      // Another replica may have continued this conversation since (a client that does not send
+      // X-Conversation-Id is balanced like a new request): a local copy behind its transcript is
+      // dropped and rebuilt. A local copy ahead of it (its last write failed) or a transcript that
+      // cannot be read leaves the local copy in charge.
+      const transcript = await shared.getTranscript(id);
+      if (!transcript || isPrefix(transcript.turns, local.turns))
+        return { conversation: local, rebuilt: false };
+      this.options.logger.info(
+        `conversation ${id} was continued elsewhere; rebuilding it from its transcript`,
+      );
+      await local.dispose();
+      return this.rebuildOnce(id, options.signal, transcript);
+    }
+    if (!shared) return undefined;
+    return this.rebuildOnce(id, options.signal);
+  }
+
+  /** Concurrent follow-ups for one conversation share one rebuild. */
+  private async rebuildOnce(
+    id: string,
+    signal: AbortSignal | undefined,
+    transcript?: Transcript,
+  ): Promise<ResumedConversation | undefined> {
     let pending = this.rebuilding.get(id);
     if (!pending) {
-      pending = this.rebuild(id, options.signal).finally(() => this.rebuilding.delete(id));
+      pending = this.rebuild(id, signal, transcript).finally(() => this.rebuilding.delete(id));
       this.rebuilding.set(id, pending);
     }
     const conversation = await pending;
@@ -309,10 +335,14 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
    * A conversation this process does not hold (another replica's, or one evicted here): its transcript
    * and its region's shared embeddings -> the same prompt, image rows and turns evaluated again.
    */
-  private async rebuild(id: string, signal: AbortSignal | undefined): Promise<Conversation | undefined> {
+  private async rebuild(
+    id: string,
+    signal: AbortSignal | undefined,
+    known?: Transcript,
+  ): Promise<Conversation | undefined> {
     const shared = this.options.sharedState!;
     const t0 = performance.now();
-    const transcript = await shared.getTranscript(id);
+    const transcript = known ?? (await shared.getTranscript(id));
     if (!transcript) return undefined;
     if (transcript.models !== this.conversationModels) {
       throw new RegionVqaError(
@@ -416,6 +446,11 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     await this.classifier?.dispose();
     await this.embedder.dispose();
   }
+}
+
+/** Whether the turns `a` are the first turns of `b` (all of them, when as many). */
+function isPrefix(a: readonly Turn[], b: readonly Turn[]): boolean {
+  return a.length <= b.length && a.every((t, i) => t.question === b[i].question && t.answer === b[i].answer);
 }
 
 export function createPipeline(options: PipelineOptions): Promise<LocalRegionVqaPipeline> {

@@ -246,7 +246,7 @@ export class RegionEmbedder {
     this.pendingShares.add(write);
   }
 
-  /** The shared tier first, then this replica's cache: an entry by key, without encoding. */
+  /** This replica's cache, then the shared tier: an entry by key, without encoding. */
   async lookup(key: string): Promise<RegionEmbeddings | undefined> {
     const local = this.cache.get(key);
     if (local) return local;

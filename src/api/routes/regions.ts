@@ -115,11 +115,14 @@ function notFound(id: string): RegionVqaError {
 
 /** This process's conversation, else (with shared state) one rebuilt from its transcript. */
 async function followUp(p: RegionVqaPipeline, id: string, signal: AbortSignal): Promise<ResumedConversation> {
+  if (p.resumeConversation) {
+    const resumed = await p.resumeConversation(id, { signal });
+    if (!resumed) throw notFound(id);
+    return resumed;
+  }
   const local = p.getConversation(id);
-  if (local) return { conversation: local, rebuilt: false };
-  const resumed = await p.resumeConversation?.(id, { signal });
-  if (!resumed) throw notFound(id);
-  return resumed;
+  if (!local) throw notFound(id);
+  return { conversation: local, rebuilt: false };
 }
 
 const regionsRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) => {
