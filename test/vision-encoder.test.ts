@@ -262,9 +262,16 @@ describe("the event loop stays free while the encoder works", () => {
     const mid = await AlphaClipEncoder.load(dir, { device: "cpu", threads: 1 });
     try {
       const R2 = c.imageSize;
-      const n = 24;
       const pixelValues = { data: new Float32Array(3 * R2 * R2).fill(0.1), shape: [1, 3, R2, R2] };
-      const alpha = { data: new Float32Array(n * R2 * R2).fill(1.9231), shape: [n, 1, R2, R2] };
+      const batch = (n: number) => ({
+        data: new Float32Array(n * R2 * R2).fill(1.9231),
+        shape: [n, 1, R2, R2],
+      });
+      // Size the batch to this machine: the run must take well over 300 ms to say anything.
+      const t0 = performance.now();
+      await mid.encode({ pixelValues, alpha: batch(8) });
+      const n = Math.min(512, Math.max(24, Math.ceil((8 * 700) / Math.max(1, performance.now() - t0))));
+      const alpha = batch(n);
       let last = performance.now();
       let maxGap = 0;
       const timer = setInterval(() => {
