@@ -222,8 +222,8 @@ async function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
   }
 }
 
-/** A free loopback port with `span` free ports after it. */
-async function freePortRange(span: number): Promise<number> {
+/** A free loopback port with `span` free ports after it (also used by test/cluster.test.ts). */
+export async function freePortRange(span: number): Promise<number> {
   const free = (p: number) =>
     new Promise<boolean>((resolve) => {
       const s = createServer();

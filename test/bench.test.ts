@@ -24,6 +24,7 @@ import {
 import { hieraTinyEncoderMacs, miniSamMacs, runSegmenterBench } from "../bench/segmenter.js";
 import { metricSum, parseMetrics, quantile, round, spread } from "../bench/stats.js";
 import { SAM21_TINY_SHAPED_ARCHITECTURE } from "../src/segmenter/index.js";
+import { alive } from "./support/processes.js";
 
 const engine = {
   maxTokens: 4,
@@ -267,15 +268,6 @@ describe("classify bench", () => {
     expect(table).toContain("1 intra-op thread(s)");
   }, 180_000);
 });
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // Real processes (deploy/local-cluster.sh: redis-server, HAProxy, replicas of `region-vqa serve` on the
 // bundled model); about 20 s. Asserts what the tables claim, never a time.

@@ -7,11 +7,12 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePortRange } from "../bench/cluster.js";
 import { encodePng, generateScene, objectBox } from "../src/shapes/index.js";
+import { alive } from "./support/processes.js";
 import { repoRoot } from "./support/tiny-models.js";
 
 const haveTools = ["redis-server", "haproxy", "nginx", "curl"].every(
@@ -22,23 +23,6 @@ if (process.env.CI === "true" && !(haveTools && built)) {
   throw new Error(
     "CI must run the cluster tests: redis-server, haproxy, nginx and curl are installed by scripts/setup.sh",
   );
-}
-
-/** A free loopback port with `span` free ports after it (the cluster uses port .. port + span). */
-async function freePortRange(span: number): Promise<number> {
-  const tryPort = (p: number) =>
-    new Promise<boolean>((resolve) => {
-      const s = createServer();
-      s.once("error", () => resolve(false));
-      s.listen(p, "127.0.0.1", () => s.close(() => resolve(true)));
-    });
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    let ok = true;
-    for (let p = base; p <= base + span && ok; p++) ok = await tryPort(p);
-    if (ok) return base;
-  }
-  throw new Error("no free port range");
 }
 
 interface Cluster {
@@ -99,15 +83,6 @@ async function startCluster(replicas: number): Promise<Cluster> {
     replicaUrl: (i) => `http://127.0.0.1:${read(`replica-${i}.port`)}`,
     pid: (name) => Number(read(`${name}.pid`)),
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The shapes world's scene `index` as a PNG data URL and the box of its first object. */
