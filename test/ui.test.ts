@@ -51,12 +51,13 @@ describe("chat UI in chromium", () => {
     await recordFormFields(page);
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
-    const askRequests: Array<{ contentType: string; body: string }> = [];
+    const askRequests: Array<{ contentType: string; body: string; conversationHeader?: string }> = [];
     page.on("request", (r) => {
       if (r.url().endsWith("/v1/regions/ask")) {
         askRequests.push({
           contentType: r.headers()["content-type"] ?? "",
           body: r.postDataBuffer()?.toString("latin1") ?? "",
+          conversationHeader: r.headers()["x-conversation-id"],
         });
       }
     });
@@ -102,6 +103,9 @@ describe("chat UI in chromium", () => {
       conversation_id: expect.any(String),
       stream: true,
     });
+    // The id travels as a header too, for load balancers that route on it (deploy/haproxy.cfg).
+    expect(askRequests[0].conversationHeader).toBeUndefined();
+    expect(askRequests[1].conversationHeader).toBe(JSON.parse(askRequests[1].body).conversation_id);
     await page.screenshot({ path: path.join(artifacts, "ui-desktop.png"), fullPage: true });
 
     // Phone-sized layout: the panes stack; errors are shown in plain words.
