@@ -145,6 +145,13 @@ describe.skipIf(!(haveTools && built))(
   () => {
     let cluster: Cluster;
     const replicaUrls: Record<string, string> = {};
+    /** nginx in front of the same replicas (started by the nginx test, stopped in afterAll). */
+    let nginx: ChildProcess | undefined;
+    let nginxPrefix = "";
+    let nginxUrl = "";
+    const nginxConversations: Array<{ id: string; replica: string }> = [];
+    /** The replica the failover test kills. */
+    let killed = "";
 
     beforeAll(async () => {
       cluster = await startCluster(2);
@@ -152,6 +159,8 @@ describe.skipIf(!(haveTools && built))(
     }, 300_000);
 
     afterAll(async () => {
+      nginx?.kill("SIGTERM");
+      if (nginxPrefix) rmSync(nginxPrefix, { recursive: true, force: true });
       if (!cluster) return;
       const pids = ["redis", "haproxy", "replica-1", "replica-2"].map((n) => cluster.pid(n));
       if (cluster.script.exitCode === null) {
@@ -229,7 +238,7 @@ describe.skipIf(!(haveTools && built))(
 
     it("nginx (deploy/nginx.conf) keeps conversations with client-chosen ids on one replica", async () => {
       const port = await freePortRange(0);
-      const prefix = mkdtempSync(path.join(os.tmpdir(), "rvqa-nginx-"));
+      nginxPrefix = mkdtempSync(path.join(os.tmpdir(), "rvqa-nginx-"));
       const servers = Object.values(replicaUrls)
         .map((u) => `        server ${new URL(u).host} max_fails=1 fail_timeout=10s;`)
         .join("\n");
@@ -237,40 +246,38 @@ describe.skipIf(!(haveTools && built))(
         .replace(/^ {8}server 127\.0\.0\.1:808\d.*\n/gm, "")
         .replace("hash $region_vqa_affinity consistent;", `hash $region_vqa_affinity consistent;\n${servers}`)
         .replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${port};`);
-      writeFileSync(path.join(prefix, "nginx.conf"), config);
-      const nginx = spawn(
+      writeFileSync(path.join(nginxPrefix, "nginx.conf"), config);
+      nginx = spawn(
         "nginx",
-        ["-p", prefix, "-c", path.join(prefix, "nginx.conf"), "-g", "daemon off;"],
+        ["-p", nginxPrefix, "-c", path.join(nginxPrefix, "nginx.conf"), "-g", "daemon off;"],
         {
           stdio: "ignore",
         },
       );
-      try {
-        const url = `http://127.0.0.1:${port}`;
-        for (let i = 0; i < 50; i++) {
-          if (
-            await fetch(`${url}/readyz`).then(
-              (r) => r.ok,
-              () => false,
-            )
+      nginxUrl = `http://127.0.0.1:${port}`;
+      for (let i = 0; i < 50; i++) {
+        if (
+          await fetch(`${nginxUrl}/readyz`).then(
+            (r) => r.ok,
+            () => false,
           )
-            break;
-          await new Promise((r) => setTimeout(r, 100));
+        )
+          break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      // At least 8 conversations, and until both replicas hold some (for the nginx failover test).
+      const holders = () => new Set(nginxConversations.map((c) => c.replica)).size;
+      for (let c = 0; c < 40 && (c < 8 || holders() < 2); c++) {
+        const id = `client-chosen-${c}-${Date.now()}`;
+        const first = await ask(nginxUrl, { ...(await scene(400 + c)), question: QUESTIONS[0] }, id);
+        expect(first.status).toBe(200);
+        expect(first.body.conversation_id).toBe(id);
+        for (const q of QUESTIONS.slice(1)) {
+          const next = await ask(nginxUrl, { question: q }, id);
+          expect(next.replica).toBe(first.replica);
+          expect(next.body.turns).toBeGreaterThan(1);
         }
-        for (let c = 0; c < 8; c++) {
-          const id = `client-chosen-${c}-${Date.now()}`;
-          const first = await ask(url, { ...(await scene(400 + c)), question: QUESTIONS[0] }, id);
-          expect(first.status).toBe(200);
-          expect(first.body.conversation_id).toBe(id);
-          for (const q of QUESTIONS.slice(1)) {
-            const next = await ask(url, { question: q }, id);
-            expect(next.replica).toBe(first.replica);
-            expect(next.body.turns).toBeGreaterThan(1);
-          }
-        }
-      } finally {
-        nginx.kill("SIGTERM");
-        rmSync(prefix, { recursive: true, force: true });
+        nginxConversations.push({ id, replica: first.replica! });
       }
     }, 120_000);
 
@@ -307,8 +314,20 @@ describe.skipIf(!(haveTools && built))(
       const fourth = await ask(cluster.url, { question: QUESTIONS[1] }, id);
       expect(fourth.replica).toBe(survivor);
       expect(fourth.body.turns).toBe(4);
-      // The remaining replicas of the affinity test's conversations are not lost either.
+      killed = owner;
       delete replicaUrls[owner];
+    }, 120_000);
+
+    it("nginx passes the killed replica's conversations to the live one, which continues them", async () => {
+      const survivor = Object.keys(replicaUrls)[0];
+      const onKilled = nginxConversations.filter((c) => c.replica === killed).length;
+      expect(onKilled).toBeGreaterThan(0);
+      for (const c of nginxConversations) {
+        const next = await ask(nginxUrl, { question: QUESTIONS[0] }, c.id);
+        expect(next.status).toBe(200);
+        expect(next.replica).toBe(survivor);
+        expect(next.body.turns).toBe(4);
+      }
     }, 120_000);
 
     it("keeps answering while Redis is down (degraded) and shares again once it is back", async () => {
