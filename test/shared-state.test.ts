@@ -8,11 +8,17 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import path from "node:path";
+import { pointSceneImage, pointSceneMasks, redCentre } from "./support/point-scene.js";
+import { repoRoot } from "./support/tiny-models.js";
 import { resolveModelOptions } from "../src/models/index.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
-import { encodePng, generateScene, objectBox, renderScene } from "../src/shapes/index.js";
+import { SamSegmenter } from "../src/segmenter/index.js";
+import { encodePng, generateScene, maskIou, objectBox, renderScene } from "../src/shapes/index.js";
 import {
+  decodeBundle,
   decodeEmbeddings,
+  encodeBundle,
   encodeEmbeddings,
   RedisSharedState,
   roundForSharing,
@@ -86,6 +92,26 @@ describe("shared embeddings: byte format", () => {
     expect(roundForSharing(big, "fp16")).toBe(big);
     const back = decodeEmbeddings("k", encodeEmbeddings("k", big, "fp16"));
     expect(back.ok && Array.from(back.value.data)).toEqual([1, 70000, -3]);
+  });
+
+  it("holds any named tensors with metadata (a segmenter's image embeddings and their frame)", () => {
+    const bundle = {
+      meta: { width: 240, height: 180, resizedWidth: 256, resizedHeight: 256, inputSize: 256 },
+      tensors: [
+        { name: "image_embeddings.0", shape: [1, 8, 16, 16], data: values(8 * 16 * 16) },
+        { name: "image_embeddings.1", shape: [1, 4, 8], data: values(32, 2) },
+      ],
+    };
+    const back = decodeBundle("img", encodeBundle("img", bundle, "fp32"));
+    expect(back.ok && back.value.meta).toEqual(bundle.meta);
+    expect(back.ok && back.value.tensors.map((t) => [t.name, t.shape])).toEqual([
+      ["image_embeddings.0", [1, 8, 16, 16]],
+      ["image_embeddings.1", [1, 4, 8]],
+    ]);
+    expect(back.ok && Array.from(back.value.tensors[1].data)).toEqual(Array.from(bundle.tensors[1].data));
+    // A region-embeddings reader refuses a bundle of other tensors.
+    const asRegion = decodeEmbeddings("img", encodeBundle("img", bundle, "fp16"));
+    expect(asRegion.ok ? "accepted" : asRegion.reason).toBe("not region embeddings");
   });
 
   it("refuses corrupt, truncated, foreign and other-version entries", () => {
@@ -197,6 +223,38 @@ describe.skipIf(!haveRedis)("RedisSharedState on a real redis-server", () => {
     }
     expect(state).toBe("ok");
   });
+
+  it("shares a segmenter's image embeddings: the second replica's click runs no encoder and gives the same mask", async () => {
+    const dir = path.join(repoRoot, "models", "shapes", "segmenter");
+    const other = new RedisSharedState({ url: `redis://127.0.0.1:${port}`, keyPrefix: "t:" });
+    await other.connect();
+    const lookups: boolean[] = [];
+    const [a, b] = await Promise.all([
+      SamSegmenter.load(dir, { device: "cpu", threads: 1, shared: shared }),
+      SamSegmenter.load(dir, {
+        device: "cpu",
+        threads: 1,
+        shared: other,
+        onSharedLookup: (h) => lookups.push(h),
+      }),
+    ]);
+    try {
+      const prompt = { points: [{ x: redCentre[0], y: redCentre[1], label: 1 as const }] };
+      const first = await a.segment(pointSceneImage, prompt);
+      expect(first.timings.embeddingsCached).toBe(false);
+      await a.dispose(); // waits for its background write to Redis
+      const second = await b.segment(pointSceneImage, prompt);
+      expect(second.timings.embeddingsCached).toBe(true);
+      expect(lookups).toEqual([true]);
+      expect(second.score).toBe(first.score);
+      expect(maskIou(second.mask, first.mask)).toBe(1);
+      expect(maskIou(second.mask, pointSceneMasks[0])).toBeGreaterThan(0.9);
+      expect((await raw.keys("t:segmenter:*")).length).toBe(1);
+    } finally {
+      await b.dispose();
+      await other.close();
+    }
+  }, 60_000);
 
   it("answers at once when nothing listens on the Redis port", async () => {
     const nobody = new RedisSharedState({ url: `redis://127.0.0.1:${await freePort()}` });

@@ -11,6 +11,7 @@ export const CACHE_METRIC_NAMES: Record<PipelineCache, string> = {
   vision: "vision_embeddings",
   segmenter: "segmenter_embeddings",
   shared: "shared_vision_embeddings",
+  shared_segmenter: "shared_segmenter_embeddings",
 };
 
 /** What a pipeline may report. Every method is optional to call and cheap. */

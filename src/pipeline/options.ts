@@ -8,13 +8,14 @@ import type { OrtDevice } from "../common/ort/index.js";
 import type { LlmGpu } from "../llm/index.js";
 import type { Transcript } from "../shared-state/index.js";
 import { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "../vision/index.js";
+import type { SharedSegmenterCache } from "../segmenter/types.js";
 import type { SharedFeatureCache } from "./region-embedder.js";
 
 /**
  * State shared with other replicas (`RedisSharedState` in src/shared-state): a second tier of the vision
  * cache, and conversation transcripts so that another replica can continue a conversation.
  */
-export interface SharedPipelineState extends SharedFeatureCache {
+export interface SharedPipelineState extends SharedFeatureCache, SharedSegmenterCache {
   getTranscript(id: string): Promise<Transcript | undefined>;
   putTranscript(transcript: Transcript): Promise<void>;
   deleteTranscript(id: string): Promise<void>;
@@ -22,7 +23,7 @@ export interface SharedPipelineState extends SharedFeatureCache {
 
 /** The stages whose timings the pipeline reports (to logs, metrics and benchmarks). */
 /** The pipeline's content-keyed caches. */
-export type PipelineCache = "vision" | "segmenter" | "shared";
+export type PipelineCache = "vision" | "segmenter" | "shared" | "shared_segmenter";
 
 export type PipelineStage =
   "decode" | "segment" | "preprocess" | "encode" | "project" | "prefill" | "rebuild";

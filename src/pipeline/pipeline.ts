@@ -93,6 +93,8 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
           threads: o.visionThreads,
           logger: o.logger,
           cacheBytes: o.segmenterCacheBytes,
+          shared: o.sharedState,
+          onSharedLookup: (hit) => o.onCache(hit, "shared_segmenter"),
         });
       }
       llm = await LlavaModel.load({

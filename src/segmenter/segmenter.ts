@@ -23,9 +23,12 @@ import {
 import type { RgbImage } from "../vision/types.js";
 import { logitsToImage, thresholdLogits } from "./postprocess.js";
 import { checkPrompt, encodePrompt, preprocessForSam } from "./preprocess.js";
+import { modelFingerprint } from "../common/fingerprint.js";
+import { roundBundleForSharing } from "../shared-state/feature-codec.js";
 import type {
   ImageEmbeddings,
   SamFrame,
+  SharedSegmenterCache,
   SegmentCandidate,
   SegmentPrompt,
   SegmentOptions,
@@ -46,6 +49,10 @@ export interface SegmenterLoadOptions {
   logger?: OnnxSessionLogger;
   /** Bytes of image embeddings kept. Default 256 MiB. */
   cacheBytes?: number;
+  /** Other replicas' image embeddings (Redis): looked up after a local miss, written after an encode. */
+  shared?: SharedSegmenterCache;
+  /** Each lookup in `shared` (metrics hook). */
+  onSharedLookup?: (hit: boolean) => void;
 }
 
 /** Reads and checks a segmenter folder's manifest. */
@@ -86,6 +93,8 @@ interface CachedImage {
   embeddings: ImageEmbeddings;
   frame: SamFrame;
   bytes: number;
+  /** Read from the shared tier (no encoder run here). */
+  fromShared?: boolean;
 }
 
 export class SamSegmenter {
@@ -94,6 +103,8 @@ export class SamSegmenter {
   private readonly pending = new Map<string, Promise<CachedImage>>();
   private readonly boxInput: boolean;
   private readonly embeddingNames: string[];
+  /** Shared writes not yet acknowledged (awaited on dispose). */
+  private readonly pendingShares = new Set<Promise<void>>();
 
   private constructor(
     readonly modelDir: string,
@@ -101,6 +112,12 @@ export class SamSegmenter {
     private readonly encoder: OnnxSession,
     private readonly decoder: OnnxSession,
     cacheBytes: number,
+    /** With `shared`: the model's content fingerprint, which prefixes shared keys. */
+    private readonly shared?: {
+      cache: SharedSegmenterCache;
+      modelKey: string;
+      onLookup?: (hit: boolean) => void;
+    },
   ) {
     this.cache = new ByteLruCache(cacheBytes, (v) => v.bytes);
     this.boxInput = decoder.inputNames.includes("input_boxes");
@@ -134,12 +151,16 @@ export class SamSegmenter {
           `${dir}: the decoder's inputs (${decoder.inputNames.join(", ")}) and outputs (${decoder.outputNames.join(", ")}) are not a SAM prompt decoder's (input_points, input_labels, the encoder's outputs -> iou_scores, pred_masks).`,
         );
       }
+      const shared = options.shared
+        ? { cache: options.shared, modelKey: await modelFingerprint(dir), onLookup: options.onSharedLookup }
+        : undefined;
       return new SamSegmenter(
         dir,
         manifest,
         encoder,
         decoder,
         options.cacheBytes ?? DEFAULT_SEGMENTER_CACHE_BYTES,
+        shared,
       );
     } catch (err) {
       await decoder?.dispose().catch(() => undefined);
@@ -173,6 +194,8 @@ export class SamSegmenter {
     let job = this.pending.get(key);
     if (!job) {
       job = (async () => {
+        const fromShared = await this.lookupShared(image, key);
+        if (fromShared) return fromShared;
         const { pixelValues, frame } = preprocessForSam(image, this.config);
         const outputs = await this.encoder.run({
           [this.encoder.inputNames[0]]: { data: pixelValues.data, dims: pixelValues.shape },
@@ -184,14 +207,58 @@ export class SamSegmenter {
           embeddings[name] = { data: t.data as Float32Array, shape: t.dims };
           bytes += t.data.byteLength;
         }
-        const entry = { embeddings, frame, bytes };
+        let entry: CachedImage = { embeddings, frame, bytes };
+        if (this.shared) entry = this.share(key, entry);
         this.cache.set(key, entry);
         return entry;
       })().finally(() => this.pending.delete(key));
       this.pending.set(key, job);
     }
     const cached = await job;
-    return { cached, hit: false, ms: performance.now() - t0 };
+    return { cached, hit: cached.fromShared === true, ms: performance.now() - t0 };
+  }
+
+  /** The shared tier (another replica's encode of the same image), checked against this model's outputs. */
+  private async lookupShared(image: RgbImage, key: string): Promise<CachedImage | undefined> {
+    if (!this.shared) return undefined;
+    const found = await this.shared.cache.getSegmenterEmbeddings(`${this.shared.modelKey}:${key}`);
+    const usable =
+      found &&
+      found.frame.width === image.width &&
+      found.frame.height === image.height &&
+      this.embeddingNames.every((n) => found.embeddings[n] !== undefined);
+    this.shared.onLookup?.(Boolean(usable));
+    if (!usable) return undefined;
+    const embeddings: ImageEmbeddings = {};
+    let bytes = 0;
+    for (const name of this.embeddingNames) {
+      embeddings[name] = found.embeddings[name];
+      bytes += found.embeddings[name].data.byteLength;
+    }
+    const entry: CachedImage = { embeddings, frame: found.frame, bytes, fromShared: true };
+    this.cache.set(key, entry);
+    return entry;
+  }
+
+  /**
+   * Writes a new entry to the shared tier in the background, and returns it with the values rounded as
+   * stored there, so this replica decodes exactly what the others will.
+   */
+  private share(key: string, entry: CachedImage): CachedImage {
+    const shared = this.shared!;
+    const names = Object.keys(entry.embeddings);
+    const rounded = roundBundleForSharing(
+      { tensors: names.map((name) => ({ name, ...entry.embeddings[name] })) },
+      shared.cache.featureDtype,
+    );
+    const embeddings: ImageEmbeddings = {};
+    for (const t of rounded.tensors) embeddings[t.name] = { data: t.data, shape: t.shape };
+    const write = shared.cache
+      .putSegmenterEmbeddings(`${shared.modelKey}:${key}`, { frame: entry.frame, embeddings })
+      .catch(() => undefined)
+      .finally(() => this.pendingShares.delete(write));
+    this.pendingShares.add(write);
+    return { ...entry, embeddings };
   }
 
   /**
@@ -282,6 +349,7 @@ export class SamSegmenter {
   }
 
   async dispose(): Promise<void> {
+    await Promise.all(this.pendingShares);
     await this.decoder.dispose();
     await this.encoder.dispose();
   }

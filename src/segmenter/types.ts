@@ -47,6 +47,22 @@ export interface SamFrame {
 /** The encoder's outputs for one image, by output name (e.g. `image_embeddings.0`). */
 export type ImageEmbeddings = Record<string, Tensor>;
 
+/** One image's encoder outputs and their frame, as shared with other replicas. */
+export interface SharedSegmenterEntry {
+  frame: SamFrame;
+  embeddings: ImageEmbeddings;
+}
+
+/**
+ * A second tier of the image-embedding cache shared by replicas (`RedisSharedState`): an image encoded
+ * on one replica is not encoded again on another, whichever replica a click lands on.
+ */
+export interface SharedSegmenterCache {
+  readonly featureDtype: "fp16" | "fp32";
+  getSegmenterEmbeddings(key: string): Promise<SharedSegmenterEntry | undefined>;
+  putSegmenterEmbeddings(key: string, entry: SharedSegmenterEntry): Promise<void>;
+}
+
 export interface SegmentCandidate {
   /** The decoder's predicted IoU for this mask. */
   score: number;

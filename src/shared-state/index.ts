@@ -7,11 +7,17 @@ export {
   type SharedStateStatus,
 } from "./shared-state.js";
 export {
+  decodeBundle,
   decodeEmbeddings,
+  encodeBundle,
   encodeEmbeddings,
+  roundBundleForSharing,
   roundForSharing,
+  type DecodedBundle,
   type DecodedEmbeddings,
+  type NamedTensor,
   type SharedFeatureDtype,
   type StoredEmbeddings,
+  type TensorBundle,
 } from "./feature-codec.js";
 export { parseTranscript, type Transcript } from "./transcript.js";

@@ -12,8 +12,11 @@
  * outage and reported by `status()` (/readyz says "degraded").
  */
 import { Redis } from "ioredis";
+import type { SamFrame, SharedSegmenterEntry } from "../segmenter/types.js";
 import {
+  decodeBundle,
   decodeEmbeddings,
+  encodeBundle,
   encodeEmbeddings,
   type SharedFeatureDtype,
   type StoredEmbeddings,
@@ -41,7 +44,13 @@ export interface SharedStateOptions {
 }
 
 export type SharedStateOp =
-  "feature_get" | "feature_set" | "transcript_get" | "transcript_set" | "transcript_delete";
+  | "feature_get"
+  | "feature_set"
+  | "segmenter_get"
+  | "segmenter_set"
+  | "transcript_get"
+  | "transcript_set"
+  | "transcript_delete";
 /** `rejected`: a value was read but refused (corrupt, foreign, another format). */
 export type SharedStateResult = "hit" | "miss" | "ok" | "error" | "rejected";
 
@@ -52,6 +61,16 @@ export interface SharedStateStatus {
   error?: string;
   /** Redis's maxmemory (bytes, 0 = unbounded), when the server lets us read it. */
   maxMemoryBytes?: number;
+}
+
+/** The frame stored with shared segmenter embeddings, if it is one. */
+function asFrame(meta: unknown): SamFrame | undefined {
+  const f = meta as Record<string, unknown> | null;
+  const keys = ["width", "height", "resizedWidth", "resizedHeight", "inputSize"] as const;
+  if (!f || typeof f !== "object" || !keys.every((k) => Number.isInteger(f[k]) && (f[k] as number) > 0)) {
+    return undefined;
+  }
+  return Object.fromEntries(keys.map((k) => [k, f[k]])) as unknown as SamFrame;
 }
 
 export class RedisSharedState {
@@ -137,6 +156,43 @@ export class RedisSharedState {
     );
   }
 
+  /** A segmenter's embeddings of one image (by its cache key), or undefined. */
+  async getSegmenterEmbeddings(key: string): Promise<SharedSegmenterEntry | undefined> {
+    const bytes = await this.run("segmenter_get", () => this.client.getBuffer(this.segmenterKey(key)));
+    if (bytes === undefined) return undefined;
+    if (bytes === null) {
+      this.options.onCommand?.("segmenter_get", "miss", 0);
+      return undefined;
+    }
+    const decoded = decodeBundle(key, bytes);
+    const frame = decoded.ok ? asFrame(decoded.value.meta) : undefined;
+    if (!decoded.ok || !frame) {
+      this.options.onCommand?.("segmenter_get", "rejected", 0);
+      this.options.logger?.warn(
+        `shared state: ignoring the segmenter entry for ${key} (${decoded.ok ? "no frame" : decoded.reason})`,
+      );
+      return undefined;
+    }
+    this.options.onCommand?.("segmenter_get", "hit", 0);
+    const embeddings: SharedSegmenterEntry["embeddings"] = {};
+    for (const t of decoded.value.tensors) embeddings[t.name] = { data: t.data, shape: t.shape };
+    return { frame, embeddings };
+  }
+
+  /** Shares a segmenter's embeddings of one image (best effort, like `putFeatures`). */
+  async putSegmenterEmbeddings(key: string, entry: SharedSegmenterEntry): Promise<void> {
+    const tensors = Object.entries(entry.embeddings).map(([name, t]) => ({
+      name,
+      shape: t.shape,
+      data: t.data,
+    }));
+    const bytes = encodeBundle(key, { meta: entry.frame, tensors }, this.featureDtype);
+    if (bytes.length > this.maxEntryBytes) return;
+    await this.run("segmenter_set", () =>
+      this.client.set(this.segmenterKey(key), bytes, "PX", this.featureTtlMs),
+    );
+  }
+
   async getTranscript(id: string): Promise<Transcript | undefined> {
     const text = await this.run("transcript_get", () => this.client.get(this.transcriptKey(id)));
     if (text === undefined) return undefined;
@@ -172,6 +228,10 @@ export class RedisSharedState {
 
   private featureKey(key: string): string {
     return `${this.prefix}features:${key}`;
+  }
+
+  private segmenterKey(key: string): string {
+    return `${this.prefix}segmenter:${key}`;
   }
 
   private transcriptKey(id: string): string {
