@@ -236,6 +236,35 @@ describe.skipIf(!(haveTools && built))(
       expect(hitsAfter - hitsBefore).toBe(1);
     }, 120_000);
 
+    it("segments an image once for both replicas: a click on the second reuses the first's encode", async () => {
+      const s = await scene(150);
+      const [x1, y1, x2, y2] = s.box;
+      const click = { image: s.image, points: [[(x1 + x2) / 2, (y1 + y2) / 2]] };
+      const segmenterHits = (u: string, result: string) =>
+        metric(u, "region_vqa_cache_lookups_total", { cache: "shared_segmenter_embeddings", result });
+      const before = await segmenterHits(replicaUrls["replica-2"], "hit");
+      const post = (u: string) =>
+        fetch(`${u}/v1/regions/segment`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(click),
+        });
+      const a = await post(replicaUrls["replica-1"]);
+      expect(a.status).toBe(200);
+      const b = await post(replicaUrls["replica-2"]);
+      expect(b.status).toBe(200);
+      const [ja, jb] = (await Promise.all([a.json(), b.json()])) as Array<{
+        score: number;
+        mask: { rle: unknown };
+        timings: { embeddings_cached: boolean };
+      }>;
+      expect(ja.timings.embeddings_cached).toBe(false);
+      expect(jb.timings.embeddings_cached).toBe(true);
+      expect(jb.score).toBe(ja.score);
+      expect(jb.mask.rle).toEqual(ja.mask.rle);
+      expect((await segmenterHits(replicaUrls["replica-2"], "hit")) - before).toBe(1);
+    }, 120_000);
+
     it("nginx (deploy/nginx.conf) keeps conversations with client-chosen ids on one replica", async () => {
       const port = await freePortRange(0);
       nginxPrefix = mkdtempSync(path.join(os.tmpdir(), "rvqa-nginx-"));
