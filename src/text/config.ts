@@ -15,6 +15,7 @@
 import { RegionVqaError } from "../common/errors.js";
 import { renameKeys, type StateDict, type TensorInfo } from "../vision/checkpoint/index.js";
 import { missingKey } from "../vision/checkpoint/state-dict.js";
+import { checkpointInvalid, FLOAT_DTYPES, shapeChecker } from "../vision/convert/checkpoint-shapes.js";
 
 export interface ClipTextConfig {
   width: number;
@@ -42,11 +43,7 @@ export interface InspectedTextCheckpoint {
   warnings: string[];
 }
 
-function invalid(message: string, key?: string): RegionVqaError {
-  return new RegionVqaError("checkpoint_invalid", message, key ? { key } : undefined);
-}
-
-const FLOAT_DTYPES = ["F32", "F16", "BF16", "F64"];
+const invalid = checkpointInvalid;
 
 /** OpenAI names -> canonical names: drop `visual.*`, spell in_proj like the visual tower. */
 function openaiView(sd: StateDict): StateDict {
@@ -185,27 +182,7 @@ export function inspectClipTextStateDict(
     );
   }
 
-  const shapeOf = (key: string): number[] => {
-    if (!sd.has(key)) throw invalid(`${source}checkpoint has no tensor "${key}"`, key);
-    try {
-      return sd.info(key).shape;
-    } catch (err) {
-      if (err instanceof RegionVqaError) throw invalid(`${source}${err.message} (needed for "${key}")`, key);
-      throw err;
-    }
-  };
-  const expectShape = (key: string, expected: number[]) => {
-    const actual = shapeOf(key);
-    if (actual.length !== expected.length || actual.some((d, i) => d !== expected[i])) {
-      throw invalid(
-        `${source}tensor "${key}" has shape [${actual.join(", ")}], expected [${expected.join(", ")}]`,
-        key,
-      );
-    }
-    const dtype = sd.info(key).dtype;
-    if (!FLOAT_DTYPES.includes(dtype))
-      throw invalid(`${source}tensor "${key}" has non-float type ${dtype}`, key);
-  };
+  const { shapeOf, expectShape, expectResidualBlocks } = shapeChecker(sd, source);
 
   const emb = shapeOf("token_embedding.weight");
   if (emb.length !== 2 || emb[0] < 1 || emb[1] < 1) {
@@ -259,24 +236,7 @@ export function inspectClipTextStateDict(
   expectShape("text_projection", [width, embedDim]);
   expectShape("ln_final.weight", [width]);
   expectShape("ln_final.bias", [width]);
-  let mlpWidth = 0;
-  for (let i = 0; i < layers; i++) {
-    const p = `transformer.resblocks.${i}.`;
-    expectShape(`${p}attn.in_proj.weight`, [3 * width, width]);
-    expectShape(`${p}attn.in_proj.bias`, [3 * width]);
-    expectShape(`${p}attn.out_proj.weight`, [width, width]);
-    expectShape(`${p}attn.out_proj.bias`, [width]);
-    for (const ln of ["ln_1", "ln_2"]) {
-      expectShape(`${p}${ln}.weight`, [width]);
-      expectShape(`${p}${ln}.bias`, [width]);
-    }
-    const hidden = shapeOf(`${p}mlp.c_fc.weight`)[0];
-    if (i === 0) mlpWidth = hidden;
-    expectShape(`${p}mlp.c_fc.weight`, [mlpWidth, width]);
-    expectShape(`${p}mlp.c_fc.bias`, [mlpWidth]);
-    expectShape(`${p}mlp.c_proj.weight`, [width, mlpWidth]);
-    expectShape(`${p}mlp.c_proj.bias`, [width]);
-  }
+  const mlpWidth = expectResidualBlocks(layers, width, { sameMlpWidth: true });
 
   let logitScale: number | undefined;
   if (sd.has("logit_scale")) {

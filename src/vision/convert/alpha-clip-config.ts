@@ -4,6 +4,7 @@
  */
 import { RegionVqaError } from "../../common/errors.js";
 import { renameKeys, type StateDict } from "../checkpoint/index.js";
+import { checkpointInvalid, shapeChecker } from "./checkpoint-shapes.js";
 
 export interface AlphaClipVisionConfig {
   width: number;
@@ -30,9 +31,7 @@ export interface InspectedCheckpoint {
   warnings: string[];
 }
 
-function invalid(message: string, key?: string): RegionVqaError {
-  return new RegionVqaError("checkpoint_invalid", message, key ? { key } : undefined);
-}
+const invalid = checkpointInvalid;
 
 const BLOCK_KEY = /^transformer\.resblocks\.(\d+)\./;
 
@@ -62,23 +61,7 @@ export function inspectAlphaClipStateDict(
       "conv1.weight",
     );
   }
-  const shapeOf = (key: string): number[] => {
-    if (!sd.has(key)) throw invalid(`${source}checkpoint has no tensor "${key}"`, key);
-    return sd.info(key).shape;
-  };
-  const expectShape = (key: string, expected: number[]) => {
-    const actual = shapeOf(key);
-    if (actual.length !== expected.length || actual.some((d, i) => d !== expected[i])) {
-      throw invalid(
-        `${source}tensor "${key}" has shape [${actual.join(", ")}], expected [${expected.join(", ")}]`,
-        key,
-      );
-    }
-    const dtype = sd.info(key).dtype;
-    if (!["F32", "F16", "BF16", "F64"].includes(dtype)) {
-      throw invalid(`${source}tensor "${key}" has non-float type ${dtype}`, key);
-    }
-  };
+  const { shapeOf, expectShape, expectResidualBlocks } = shapeChecker(sd, source);
 
   const conv = shapeOf("conv1.weight");
   if (conv.length !== 4 || conv[1] !== 3 || conv[2] !== conv[3] || conv[2] < 1) {
@@ -141,22 +124,7 @@ export function inspectAlphaClipStateDict(
     expectShape(`${ln}.weight`, [width]);
     expectShape(`${ln}.bias`, [width]);
   }
-  for (let i = 0; i < layers; i++) {
-    const p = `transformer.resblocks.${i}.`;
-    expectShape(`${p}attn.in_proj.weight`, [3 * width, width]);
-    expectShape(`${p}attn.in_proj.bias`, [3 * width]);
-    expectShape(`${p}attn.out_proj.weight`, [width, width]);
-    expectShape(`${p}attn.out_proj.bias`, [width]);
-    for (const ln of ["ln_1", "ln_2"]) {
-      expectShape(`${p}${ln}.weight`, [width]);
-      expectShape(`${p}${ln}.bias`, [width]);
-    }
-    const hidden = shapeOf(`${p}mlp.c_fc.weight`)[0];
-    expectShape(`${p}mlp.c_fc.weight`, [hidden, width]);
-    expectShape(`${p}mlp.c_fc.bias`, [hidden]);
-    expectShape(`${p}mlp.c_proj.weight`, [width, hidden]);
-    expectShape(`${p}mlp.c_proj.bias`, [width]);
-  }
+  expectResidualBlocks(layers, width);
 
   const hasAlphaConv = sd.has("conv1_alpha.weight");
   if (hasAlphaConv) {
