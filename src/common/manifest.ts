@@ -1,4 +1,4 @@
-import { readFile, stat } from "node:fs/promises";
+import { readFile, rename, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "./errors.js";
 
@@ -88,4 +88,21 @@ export async function readModelManifest<C>(
     throw new RegionVqaError("model_invalid", `${dir}/manifest.json lists no file with role "onnx".`);
   }
   return manifest;
+}
+
+/**
+ * Writes JSON (a manifest, a preset file) so that readers never see half of it: to a temporary file
+ * beside it, then renamed over the final name.
+ */
+export async function writeJsonAtomically(file: string, value: unknown): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  await rename(tmp, file);
+}
+
+/** A model folder's files as its manifest lists them (names relative to the folder). */
+export function manifestFiles(
+  files: ReadonlyArray<{ path: string; role: string; bytes: number; sha256: string }>,
+): ManifestFile[] {
+  return files.map((f) => ({ path: path.basename(f.path), role: f.role, bytes: f.bytes, sha256: f.sha256 }));
 }

@@ -1,7 +1,7 @@
-import { mkdir, rename, rm, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, stat, statfs, unlink } from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
-import type { ManifestFile, ModelManifest } from "../common/manifest.js";
+import { writeJsonAtomically, type ManifestFile, type ModelManifest } from "../common/manifest.js";
 import type { SegmenterConfig } from "../segmenter/types.js";
 import {
   DEFAULT_CATALOG,
@@ -696,12 +696,6 @@ async function pullSegmenter(ctx: PullContext, model: CatalogModel, variant: str
 
 /** The manifest kind of segmenter folders (`SEGMENTER_KIND` in src/segmenter, not imported: it loads ONNX Runtime). */
 const SEGMENTER_KIND = "sam-segmenter";
-
-async function writeJsonAtomically(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value, null, 2)}\n`);
-  await rename(tmp, file);
-}
 
 const defaultVisionConverter: VisionConverter = async (args) => {
   // Loaded on first use: pulling GGUF files alone need not load the ONNX tooling.

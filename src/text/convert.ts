@@ -8,6 +8,7 @@
 import fs from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../common/errors.js";
+import { manifestFiles, writeJsonAtomically } from "../common/manifest.js";
 import { OnnxGraphBuilder, writeOnnxModel, type WeightPrecision } from "../common/onnx/index.js";
 import { OnnxSession } from "../common/ort/index.js";
 import { openStateDict, type StateDict } from "../vision/checkpoint/index.js";
@@ -170,18 +171,11 @@ export async function writeClipTextModelFolder(
     createdAt: new Date().toISOString(),
     config: manifestConfig,
     precision,
-    files: files.map((f) => ({
-      path: path.basename(f.path),
-      role: f.role,
-      bytes: f.bytes,
-      sha256: f.sha256,
-    })),
+    files: manifestFiles(files),
     ...(options.source ? { source: options.source } : {}),
     ...(check ? { selfCheck: check } : {}),
   };
-  const tmp = path.join(outDir, "manifest.json.partial");
-  await fs.writeFile(tmp, JSON.stringify(manifest, null, 2) + "\n");
-  await fs.rename(tmp, path.join(outDir, "manifest.json"));
+  await writeJsonAtomically(path.join(outDir, "manifest.json"), manifest);
   return manifest;
 }
 

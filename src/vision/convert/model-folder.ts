@@ -7,7 +7,12 @@ import { createReadStream } from "node:fs";
 import fs from "node:fs/promises";
 import path from "node:path";
 import { RegionVqaError } from "../../common/errors.js";
-import type { ModelKind, ModelManifest } from "../../common/manifest.js";
+import {
+  manifestFiles,
+  writeJsonAtomically,
+  type ModelKind,
+  type ModelManifest,
+} from "../../common/manifest.js";
 import { OnnxGraphBuilder, writeOnnxModel, type WeightPrecision } from "../../common/onnx/index.js";
 import { openStateDict, type StateDict } from "../checkpoint/index.js";
 import { inspectAlphaClipStateDict, type AlphaClipVisionConfig } from "./alpha-clip-config.js";
@@ -150,17 +155,10 @@ export async function writeAlphaClipModelFolder(
       ...(ext?.config ?? {}),
     },
     precision,
-    files: files.map((f) => ({
-      path: path.basename(f.path),
-      role: f.role,
-      bytes: f.bytes,
-      sha256: f.sha256,
-    })),
+    files: manifestFiles(files),
     ...(options.source ? { source: options.source } : {}),
   };
-  const tmp = path.join(outDir, "manifest.json.partial");
-  await fs.writeFile(tmp, JSON.stringify(manifest, null, 2) + "\n");
-  await fs.rename(tmp, path.join(outDir, "manifest.json"));
+  await writeJsonAtomically(path.join(outDir, "manifest.json"), manifest);
   return manifest;
 }
 
