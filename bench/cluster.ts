@@ -582,8 +582,16 @@ function expectOk(turn: Turn, what: string): Turn {
 }
 
 /** Shapes-world scene `index` (what the bundled model was trained on): PNG data URL and first object's box. */
-async function scene(index: number): Promise<{ image: string; box: number[] }> {
-  const s = generateScene(4242, index);
+function scene(index: number): Promise<{ image: string; box: number[] }> {
+  return shapesSceneRequest(4242, index);
+}
+
+/** A shapes-world scene as request fields: its PNG as a data URL and its first object's box (also used by test/cluster.test.ts). */
+export async function shapesSceneRequest(
+  seed: number,
+  index: number,
+): Promise<{ image: string; box: number[] }> {
+  const s = generateScene(seed, index);
   const png = await encodePng(renderScene(s).image);
   return {
     image: `data:image/png;base64,${Buffer.from(png).toString("base64")}`,

@@ -10,8 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePortRange } from "../bench/cluster.js";
-import { encodePng, generateScene, objectBox } from "../src/shapes/index.js";
+import { freePortRange, shapesSceneRequest } from "../bench/cluster.js";
 import { alive } from "./support/processes.js";
 import { repoRoot } from "./support/tiny-models.js";
 
@@ -86,15 +85,7 @@ async function startCluster(replicas: number): Promise<Cluster> {
 }
 
 /** The shapes world's scene `index` as a PNG data URL and the box of its first object. */
-async function scene(index: number): Promise<{ image: string; box: number[] }> {
-  const s = generateScene(77, index);
-  const { renderScene } = await import("../src/shapes/index.js");
-  const png = await encodePng(renderScene(s).image);
-  return {
-    image: `data:image/png;base64,${Buffer.from(png).toString("base64")}`,
-    box: objectBox(s.objects[0]),
-  };
-}
+const scene = (index: number) => shapesSceneRequest(77, index);
 
 interface Answer {
   status: number;
