@@ -29,21 +29,15 @@ export interface DownloadProgress {
   etaSeconds?: number;
 }
 
-export interface DownloadOptions {
+/** How a file is requested: shared by whole-file downloads and ranged fetches (range-fetch.ts). */
+export interface HttpTransferOptions {
   url: string;
-  dest: string;
-  label?: string;
-  expectedBytes?: number;
-  /** Lower-case hex. When absent, a sha256 the host states (X-Linked-Etag) is used if there is one. */
-  expectedSha256?: string;
   /** Sent only while a request stays on the URL's own origin (credentials must not follow redirects). */
   originHeaders?: Record<string, string>;
   /** What to tell the user when the host answers 401/403 (e.g. which token variable to set). */
   authHint?: string;
   signal?: AbortSignal;
   onProgress?: (progress: DownloadProgress) => void;
-  /** Told about each automatic retry (why, and from which byte it resumes). */
-  onRetry?: (message: string) => void;
   /** Automatic resumptions after a dropped connection, timeout or 5xx (default 3). */
   retries?: number;
   /** First pause before a retry, doubled each time (default 1000 ms). */
@@ -52,6 +46,16 @@ export interface DownloadOptions {
   headersTimeoutMs?: number;
   /** Limit for silence while the body streams (default 60 s). */
   idleTimeoutMs?: number;
+}
+
+export interface DownloadOptions extends HttpTransferOptions {
+  dest: string;
+  label?: string;
+  expectedBytes?: number;
+  /** Lower-case hex. When absent, a sha256 the host states (X-Linked-Etag) is used if there is one. */
+  expectedSha256?: string;
+  /** Told about each automatic retry (why, and from which byte it resumes). */
+  onRetry?: (message: string) => void;
   /** Re-hash a file already present under the final name instead of trusting its size. */
   verifyExisting?: boolean;
 }

@@ -47,10 +47,11 @@ import {
   sleep,
   TransferWatch,
   type DownloadProgress,
+  type HttpTransferOptions,
 } from "./download.js";
 
-export interface RangeFetchOptions {
-  url: string;
+/** `onProgress` reports bytes of the ranges (`totalBytes`: the bytes planned so far); `retries` resume each range. */
+export interface RangeFetchOptions extends HttpTransferOptions {
   /**
    * The working file, created with the remote file's size (sparse where the file system allows it).
    * It holds only the fetched ranges: give it a name that cannot be taken for the published file.
@@ -60,26 +61,13 @@ export interface RangeFetchOptions {
   label: string;
   /** Exact size of the remote file, when known: another size is refused. */
   expectedBytes?: number;
-  /** Sent only while a request stays on the URL's own origin. */
-  originHeaders?: Record<string, string>;
-  /** What to tell the user when the host answers 401/403. */
-  authHint?: string;
   /**
    * Which tensors to fetch, given the checkpoint opened over the working file once its directory is
    * there (reading tensor data from it is not allowed at that point: only `keys`, `has`, `info`).
    */
   selectKeys: (stateDict: StateDict) => string[];
-  signal?: AbortSignal;
-  /** Progress in bytes of the ranges (`totalBytes`: the bytes planned so far). */
-  onProgress?: (progress: DownloadProgress) => void;
   /** Told about retries and about what is (not) verified. */
   onLog?: (message: string) => void;
-  /** Further tries of a range after a dropped connection, timeout or 5xx (default 3), each resuming. */
-  retries?: number;
-  /** First pause before a retry, doubled each time (default 1000 ms). */
-  retryDelayMs?: number;
-  headersTimeoutMs?: number;
-  idleTimeoutMs?: number;
 }
 
 export interface RangeFetchResult {
