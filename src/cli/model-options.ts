@@ -76,3 +76,17 @@ export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
     contextSize: numberFlag(opts.contextSize, "--context-size", positiveInteger),
   };
 }
+
+/** --device and --threads of a command that runs one ONNX model on its own (encode, embed-text). */
+export function addOnnxSessionOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option(
+        "--device <device>",
+        "ONNX Runtime device (auto: CUDA, else a hardware WebGPU adapter, else the CPU)",
+      )
+        .choices([...ORT_DEVICES])
+        .default("auto"),
+    )
+    .option("--threads <n>", "ONNX Runtime threads (default: all cores)");
+}

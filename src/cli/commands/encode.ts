@@ -1,7 +1,7 @@
 import { writeFile } from "node:fs/promises";
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
-import { ORT_DEVICES } from "../../common/ort/index.js";
+import { addOnnxSessionOptions } from "../model-options.js";
 import { numberFlag } from "../number-flag.js";
 import { parseBoxFlag, readInputFile } from "../region-args.js";
 import {
@@ -31,26 +31,19 @@ interface EncodeCliOptions {
  * little-endian [G*G, W] (what the projector takes), with a one-line JSON summary on stdout.
  */
 export function register(program: Command): void {
-  program
-    .command("encode")
-    .description(
-      "encode an image region with Alpha-CLIP; writes LLaVA features as raw float32 LE [tokens, width]",
-    )
-    .requiredOption("--model <dir>", "vision model folder (manifest kind alpha-clip-vision)")
-    .requiredOption("--image <file>", "image (PNG, JPEG, WebP, GIF, TIFF)")
-    .option("--mask <file>", "mask image of the image's size: non-zero pixels are the region")
-    .option("--box <x1,y1,x2,y2>", "box region in pixels")
-    .option("--alpha", "use the image's own alpha channel as the region (alpha >= 128)")
-    .requiredOption("--out <file>", "output file for the features")
-    .addOption(
-      new Option(
-        "--device <device>",
-        "ONNX Runtime device (auto: CUDA, else a hardware WebGPU adapter, else the CPU)",
+  addOnnxSessionOptions(
+    program
+      .command("encode")
+      .description(
+        "encode an image region with Alpha-CLIP; writes LLaVA features as raw float32 LE [tokens, width]",
       )
-        .choices([...ORT_DEVICES])
-        .default("auto"),
-    )
-    .option("--threads <n>", "ONNX Runtime threads (default: all cores)")
+      .requiredOption("--model <dir>", "vision model folder (manifest kind alpha-clip-vision)")
+      .requiredOption("--image <file>", "image (PNG, JPEG, WebP, GIF, TIFF)")
+      .option("--mask <file>", "mask image of the image's size: non-zero pixels are the region")
+      .option("--box <x1,y1,x2,y2>", "box region in pixels")
+      .option("--alpha", "use the image's own alpha channel as the region (alpha >= 128)")
+      .requiredOption("--out <file>", "output file for the features"),
+  )
     .addHelpText("after", "\nWithout --mask, --box or --alpha the whole image is the region.")
     .action(async (opts: EncodeCliOptions) => {
       const regionFlags = [opts.mask, opts.box, opts.alpha].filter(
