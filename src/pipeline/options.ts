@@ -18,7 +18,8 @@ import type { SharedFeatureCache } from "./region-embedder.js";
 export interface SharedPipelineState extends SharedFeatureCache, SharedSegmenterCache {
   getTranscript(id: string): Promise<Transcript | undefined>;
   putTranscript(transcript: Transcript): Promise<void>;
-  deleteTranscript(id: string): Promise<void>;
+  /** Whether a transcript was deleted. */
+  deleteTranscript(id: string): Promise<boolean>;
 }
 
 /** The stages whose timings the pipeline reports (to logs, metrics and benchmarks). */

@@ -376,10 +376,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
 
   async closeConversation(id: string): Promise<boolean> {
     const local = this.conversations.get(id);
-    const known = local !== undefined || (await this.options.sharedState?.getTranscript(id)) !== undefined;
     await local?.dispose();
-    await this.options.sharedState?.deleteTranscript(id);
-    return known;
+    const deleted = (await this.options.sharedState?.deleteTranscript(id)) ?? false;
+    return local !== undefined || deleted;
   }
 
   async captionRegions(

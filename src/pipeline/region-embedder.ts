@@ -181,15 +181,8 @@ export class RegionEmbedder {
     let todo = results.flatMap((r, i) => (r ? [] : [i]));
     if (todo.length > 0 && this.shared) {
       // Second tier: what another replica (or this one, before a restart) already encoded.
-      const remote = await this.shared.getFeatures(todo.map((i) => keys[i]));
-      todo.forEach((i, j) => {
-        const found = remote[j];
-        this.options.onCache(found !== undefined, "shared");
-        if (!found) return;
-        const value: RegionEmbeddings = { ...found, key: keys[i] };
-        results[i] = value;
-        this.cache.set(keys[i], value);
-      });
+      const remote = await this.readShared(todo.map((i) => keys[i]));
+      todo.forEach((i, j) => (results[i] = remote[j]));
       todo = todo.filter((i) => !results[i]);
     }
     if (todo.length === 0) return results as RegionEmbeddings[];
@@ -249,14 +242,21 @@ export class RegionEmbedder {
   /** This replica's cache, then the shared tier: an entry by key, without encoding. */
   async lookup(key: string): Promise<RegionEmbeddings | undefined> {
     const local = this.cache.get(key);
-    if (local) return local;
-    if (!this.shared) return undefined;
-    const [found] = await this.shared.getFeatures([key]);
-    this.options.onCache(found !== undefined, "shared");
-    if (!found) return undefined;
-    const value: RegionEmbeddings = { ...found, key };
-    this.cache.set(key, value);
-    return value;
+    if (local || !this.shared) return local;
+    return (await this.readShared([key]))[0];
+  }
+
+  /** Entries of the shared tier by key (each lookup counted); those found join this replica's cache. */
+  private async readShared(keys: string[]): Promise<Array<RegionEmbeddings | undefined>> {
+    const remote = await this.shared!.getFeatures(keys);
+    return keys.map((key, i) => {
+      const found = remote[i];
+      this.options.onCache(found !== undefined, "shared");
+      if (!found) return undefined;
+      const value: RegionEmbeddings = { ...found, key };
+      this.cache.set(key, value);
+      return value;
+    });
   }
 
   /**

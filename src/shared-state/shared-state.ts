@@ -217,8 +217,9 @@ export class RedisSharedState {
     );
   }
 
-  async deleteTranscript(id: string): Promise<void> {
-    await this.run("transcript_delete", () => this.client.del(this.transcriptKey(id)));
+  /** Whether a transcript was deleted (false when there was none, or Redis failed). */
+  async deleteTranscript(id: string): Promise<boolean> {
+    return ((await this.run("transcript_delete", () => this.client.del(this.transcriptKey(id)))) ?? 0) > 0;
   }
 
   async close(): Promise<void> {
