@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// Builds the two small N-API addons:
+// Builds the three small N-API addons:
 // - native/embd_addon.cc, which lets region-vqa feed embedding rows into a node-llama-cpp context;
-// - native/gpu_probe.cc, which lists the host's Vulkan devices (the adapters WebGPU can use).
+// - native/gpu_probe.cc, which lists the host's Vulkan devices (the adapters WebGPU can use);
+// - native/imaging.cc, the CPU image kernels (Pillow-exact resizes, masks) run off the event loop
+//   (without it, src/common/imaging falls back to the TypeScript specifications on the main thread).
 // The first is one g++ call against:
 //   - node-addon-api + node-api-headers (npm dependencies),
 //   - llama.cpp's public headers, taken from the exact llama.cpp release that node-llama-cpp bundles
@@ -24,6 +26,8 @@ const buildDir = path.join(repoRoot, "build");
 const output = path.join(buildDir, "Release", "region_vqa_embd.node");
 const probeSource = path.join(repoRoot, "native", "gpu_probe.cc");
 const probeOutput = path.join(buildDir, "Release", "region_vqa_gpu_probe.node");
+const imagingSource = path.join(repoRoot, "native", "imaging.cc");
+const imagingOutput = path.join(buildDir, "Release", "region_vqa_imaging.node");
 const force = process.argv.includes("--force");
 
 function fail(message) {
@@ -106,7 +110,7 @@ if (!existsSync(headersStamp)) {
 }
 
 /** Compiles `src` into the addon `out` unless `out` is newer than every input (or --force). */
-function compile(src, out, inputs, includeDirs, what) {
+function compile(src, out, inputs, includeDirs, what, flags = ["-O2"]) {
   if (!force && existsSync(out)) {
     const built = statSync(out).mtimeMs;
     if ([src, ...inputs].every((file) => statSync(file).mtimeMs <= built)) {
@@ -117,7 +121,7 @@ function compile(src, out, inputs, includeDirs, what) {
   mkdirSync(path.dirname(out), { recursive: true });
   const args = [
     "-std=c++17",
-    "-O2",
+    ...flags,
     "-fPIC",
     "-shared",
     "-fexceptions",
@@ -150,3 +154,6 @@ compile(
   ` (llama.cpp ${releaseInfo.tag})`,
 );
 compile(probeSource, probeOutput, [], [], "");
+// -O3 for the vectorised loops; no fused multiply-adds, which would round differently from the
+// TypeScript specifications (and from Pillow / PyTorch); threads for large images.
+compile(imagingSource, imagingOutput, [], [], "", ["-O3", "-ffp-contract=off", "-pthread"]);

@@ -20,7 +20,8 @@ export {
   samFrame,
   type PromptTensors,
 } from "./preprocess.js";
-export { logitsToImage, resizeBilinear, thresholdLogits } from "./postprocess.js";
+export { logitsToImage, thresholdLogits } from "./postprocess.js";
+export { resizeBilinear } from "../common/imaging/torch-bilinear.js";
 export {
   SAM21_TINY_SHAPED_ARCHITECTURE,
   SHAPES_SEGMENTER_ARCHITECTURE,

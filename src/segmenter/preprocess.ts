@@ -7,7 +7,7 @@
 import { RegionVqaError } from "../common/errors.js";
 import type { Tensor } from "../common/tensor.js";
 import type { WireTensor } from "../common/ort/index.js";
-import { pillowResize } from "../vision/pillow-resize.js";
+import { pillowResize } from "../common/imaging/pillow-resize.js";
 import type { RgbImage } from "../vision/types.js";
 import type { SamFrame, SegmentPrompt, SegmenterConfig } from "./types.js";
 

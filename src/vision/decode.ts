@@ -1,5 +1,7 @@
 import sharp, { type Metadata, type OutputInfo } from "sharp";
 import { RegionVqaError, type ErrorCode } from "../common/errors.js";
+import { pixelsToMask, sha256Hex, splitPixels } from "../common/imaging/kernels.js";
+import { ImagingPool } from "../common/imaging/pool.js";
 import type { Mask, RgbImage } from "./types.js";
 
 /** Formats accepted from untrusted input. SVG/PDF and friends are refused on purpose (renderers, not images). */
@@ -10,9 +12,11 @@ export interface DecodeLimits {
   maxBytes?: number;
   /** Largest accepted width x height (default 40 megapixels); checked from the header before any pixel is allocated. */
   maxPixels?: number;
+  /** Longest accepted side (default: no limit besides maxPixels); checked from the header too. */
+  maxSide?: number;
 }
 
-export const DEFAULT_DECODE_LIMITS: Required<DecodeLimits> = {
+export const DEFAULT_DECODE_LIMITS: Required<Pick<DecodeLimits, "maxBytes" | "maxPixels">> = {
   maxBytes: 20 * 1024 * 1024,
   maxPixels: 40_000_000,
 };
@@ -22,6 +26,13 @@ export interface DecodedImage extends RgbImage {
   alpha?: Uint8Array;
   /** Source format as sharp names it (png, jpeg, ...). */
   format: string;
+  /** SHA-256 (hex) of the encoded bytes it was decoded from: the image's content key in the caches. */
+  sha256?: string;
+}
+
+/** Where decoding's CPU work runs (default: the process's shared pool). */
+export interface DecodeOptions {
+  pool?: ImagingPool;
 }
 
 interface DecodeErrorCodes {
@@ -45,11 +56,21 @@ function decodeFailure(err: unknown, codes: DecodeErrorCodes, maxPixels: number)
   return new RegionVqaError(codes.undecodable, `The ${codes.what} could not be decoded: ${message}`);
 }
 
+interface RawPixels {
+  data: Buffer;
+  width: number;
+  height: number;
+  channels: number;
+  format: string;
+}
+
+/** Checks bytes and the header against the limits, then decodes to 8-bit pixels (1-4 channels). */
 async function decodeRaw(
   bytes: Uint8Array,
   limits: DecodeLimits | undefined,
   codes: DecodeErrorCodes,
-): Promise<DecodedImage> {
+  pool: ImagingPool,
+): Promise<RawPixels> {
   const maxBytes = limits?.maxBytes ?? DEFAULT_DECODE_LIMITS.maxBytes;
   const maxPixels = limits?.maxPixels ?? DEFAULT_DECODE_LIMITS.maxPixels;
   if (!(bytes instanceof Uint8Array) || bytes.length === 0) {
@@ -91,39 +112,36 @@ async function decodeRaw(
       { width: metadata.width, height: metadata.height, maxPixels },
     );
   }
+  // EXIF orientations 5-8 swap the sides, which the limit does not care about.
+  const longest = Math.max(metadata.width ?? 0, metadata.height ?? 0);
+  if (limits?.maxSide !== undefined && longest > limits.maxSide) {
+    const [width, height] =
+      (metadata.orientation ?? 1) >= 5
+        ? [metadata.height, metadata.width]
+        : [metadata.width, metadata.height];
+    // The encoder pads images to a square: a 1 x 10 000 000 strip has few pixels but a huge square.
+    throw new RegionVqaError(
+      "image_too_many_pixels",
+      `The ${codes.what} is ${width}x${height}; its longest side may be at most ${limits.maxSide} pixels.`,
+      { width, height, maxImageSide: limits.maxSide },
+    );
+  }
   let raw: { data: Buffer; info: OutputInfo };
   try {
-    raw = await sharp(bytes, options)
-      .toColourspace(metadata.channels === 1 || metadata.channels === 2 ? "b-w" : "srgb")
-      .raw({ depth: "uchar" })
-      .toBuffer({ resolveWithObject: true });
+    raw = await pool.schedule(() =>
+      sharp(bytes, options)
+        .toColourspace(metadata.channels === 1 || metadata.channels === 2 ? "b-w" : "srgb")
+        .raw({ depth: "uchar" })
+        .toBuffer({ resolveWithObject: true }),
+    );
   } catch (err) {
     throw decodeFailure(err, codes, maxPixels);
   }
   const { width, height, channels } = raw.info;
-  const src = raw.data;
-  const n = width * height;
-  if (src.length !== n * channels) {
+  if (raw.data.length !== width * height * channels) {
     throw new RegionVqaError(codes.undecodable, `The ${codes.what} decoded to an unexpected buffer size.`);
   }
-  const rgb = new Uint8Array(n * 3);
-  let alpha: Uint8Array | undefined;
-  const hasAlpha = channels === 2 || channels === 4;
-  if (hasAlpha) alpha = new Uint8Array(n);
-  const colour = channels >= 3;
-  for (let i = 0; i < n; i++) {
-    const s = i * channels;
-    if (colour) {
-      rgb[i * 3] = src[s];
-      rgb[i * 3 + 1] = src[s + 1];
-      rgb[i * 3 + 2] = src[s + 2];
-    } else {
-      // Greyscale -> RGB replicates the level, as Pillow's convert("RGB") does.
-      rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = src[s];
-    }
-    if (alpha) alpha[i] = src[s + channels - 1];
-  }
-  return { width, height, data: rgb, alpha, format };
+  return { data: raw.data, width, height, channels, format };
 }
 
 /**
@@ -132,8 +150,25 @@ async function decodeRaw(
  * `alpha`. Throws `image_too_large`, `image_too_many_pixels` (checked before pixels are allocated) or
  * `image_undecodable` (truncated data, non-image bytes, unsupported formats).
  */
-export function decodeImage(bytes: Uint8Array, limits?: DecodeLimits): Promise<DecodedImage> {
-  return decodeRaw(bytes, limits, IMAGE_ERRORS);
+export async function decodeImage(
+  bytes: Uint8Array,
+  limits?: DecodeLimits,
+  options: DecodeOptions = {},
+): Promise<DecodedImage> {
+  const pool = options.pool ?? ImagingPool.shared();
+  // The content key is hashed while the pixels are decoded; both off the event loop.
+  const hashing = bytes instanceof Uint8Array && bytes.length > 0 ? sha256Hex(pool, bytes) : undefined;
+  hashing?.catch(() => undefined);
+  const raw = await decodeRaw(bytes, limits, IMAGE_ERRORS, pool);
+  const { rgb, alpha } = await splitPixels(pool, raw.data, raw.channels);
+  return {
+    width: raw.width,
+    height: raw.height,
+    data: rgb,
+    alpha,
+    format: raw.format,
+    sha256: await hashing,
+  };
 }
 
 /**
@@ -146,8 +181,10 @@ export async function decodeMaskImage(
   width: number,
   height: number,
   limits?: DecodeLimits,
+  options: DecodeOptions = {},
 ): Promise<Mask> {
-  const img = await decodeRaw(bytes, limits, MASK_ERRORS);
+  const pool = options.pool ?? ImagingPool.shared();
+  const img = await decodeRaw(bytes, limits, MASK_ERRORS, pool);
   if (img.width !== width || img.height !== height) {
     throw new RegionVqaError(
       "mask_size_mismatch",
@@ -155,10 +192,6 @@ export async function decodeMaskImage(
       { maskWidth: img.width, maskHeight: img.height, width, height },
     );
   }
-  const n = width * height;
-  const data = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    data[i] = img.data[i * 3] | img.data[i * 3 + 1] | img.data[i * 3 + 2] ? 1 : 0;
-  }
+  const { data } = await pixelsToMask(pool, img.data, img.channels);
   return { width, height, data };
 }

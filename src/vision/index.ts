@@ -6,13 +6,30 @@ export {
   DEFAULT_DECODE_LIMITS,
   SUPPORTED_IMAGE_FORMATS,
   type DecodeLimits,
+  type DecodeOptions,
   type DecodedImage,
 } from "./decode.js";
-export { regionToMask, boxToMask, alphaToMask, ALPHA_REGION_THRESHOLD } from "./region.js";
+export {
+  regionToMask,
+  regionToMaskAsync,
+  boxToMask,
+  alphaToMask,
+  alphaToMaskAsync,
+  ALPHA_REGION_THRESHOLD,
+} from "./region.js";
+export { LlavaImageProcessor, type LlavaRegionAlpha } from "./processor.js";
 export { encodeMaskPng } from "./mask-png.js";
 export { rasterizePolygons } from "./polygon.js";
-export { decodeRle, encodeRle, decodeRleString, encodeRleString, maskToRleCounts } from "./rle.js";
-export { pillowResize, pillowResizeBicubic, type PillowFilter } from "./pillow-resize.js";
+export {
+  decodeRle,
+  encodeRle,
+  encodeRleAsync,
+  decodeRleString,
+  encodeRleString,
+  maskToRleCounts,
+  rleRunLengths,
+} from "./rle.js";
+export { pillowResize, pillowResizeBicubic, type PillowFilter } from "../common/imaging/pillow-resize.js";
 export {
   preprocessForLlava,
   preprocessImageForLlava,

@@ -8,10 +8,17 @@ import type { Mask, Polygon } from "./types.js";
  * clipped.
  */
 export function rasterizePolygons(polygons: readonly Polygon[], width: number, height: number): Mask {
+  checkPolygons(polygons);
+  const data = new Uint8Array(width * height);
+  for (const poly of polygons) fillEvenOdd(poly, width, height, data);
+  return { width, height, data };
+}
+
+/** Throws `polygon_invalid` unless `polygons` is a non-empty list of rings of >= 3 finite points. */
+export function checkPolygons(polygons: readonly Polygon[]): void {
   if (!Array.isArray(polygons) || polygons.length === 0) {
     throw new RegionVqaError("polygon_invalid", "Invalid polygon: expected a non-empty list of polygons.");
   }
-  const data = new Uint8Array(width * height);
   polygons.forEach((poly, pi) => {
     if (!Array.isArray(poly) || poly.length < 6 || poly.length % 2 !== 0) {
       throw new RegionVqaError(
@@ -27,9 +34,7 @@ export function rasterizePolygons(polygons: readonly Polygon[], width: number, h
         );
       }
     }
-    fillEvenOdd(poly, width, height, data);
   });
-  return { width, height, data };
 }
 
 function fillEvenOdd(poly: Polygon, width: number, height: number, out: Uint8Array): void {

@@ -5,7 +5,7 @@
  */
 import { RegionVqaError } from "../common/errors.js";
 import type { Tensor } from "../common/tensor.js";
-import { pillowResizeBicubic } from "./pillow-resize.js";
+import { pillowResizeBicubic } from "../common/imaging/pillow-resize.js";
 import type { Mask, RgbImage } from "./types.js";
 
 /** CLIP's normalisation constants, as float32 (the reference holds them in float32 arrays/tensors). */
@@ -17,12 +17,12 @@ export const LLAVA_PAD_COLOR: readonly [number, number, number] = [122, 116, 104
 export const LLAVA_ALPHA_FOREGROUND = Math.fround(1.9231);
 export const LLAVA_ALPHA_BACKGROUND = Math.fround(-1.9231);
 /** The LLaVA demo thresholds the sum of the three normalised mask channels at 6 (only near-white passes). */
-const LLAVA_MASK_SUM_THRESHOLD = 6;
+export const LLAVA_MASK_SUM_THRESHOLD = 6;
 
 const f = Math.fround;
 const RESCALE = 1 / 255;
 
-function checkImage(image: RgbImage): void {
+export function checkImage(image: RgbImage): void {
   if (
     !image ||
     !Number.isInteger(image.width) ||
@@ -43,7 +43,7 @@ function checkImage(image: RgbImage): void {
   }
 }
 
-function checkMaskFits(mask: Mask, image: RgbImage): void {
+export function checkMaskFits(mask: Mask, image: RgbImage): void {
   if (
     mask.width !== image.width ||
     mask.height !== image.height ||
@@ -56,7 +56,7 @@ function checkMaskFits(mask: Mask, image: RgbImage): void {
   }
 }
 
-function checkSize(size: number): void {
+export function checkSize(size: number): void {
   if (!Number.isInteger(size) || size < 1 || size > 4096)
     throw new RangeError(`preprocess: invalid target size ${size}`);
 }
@@ -92,18 +92,29 @@ export function padToSquare(
   return { width: s, height: s, data };
 }
 
+let clipLut: Float32Array | undefined;
+
 /**
- * HWC uint8 -> CHW float32 normalised exactly as the reference: LLaVA's CLIPImageProcessor rescales in
- * float64 (x * (1/255)) and casts to float32, then (x - mean) / std in float32; torchvision's
- * ToTensor/Normalize divide by 255 in float32: both give the same float32 for every 8-bit level.
+ * CLIP's normalisation of every 8-bit level, per channel ([3 * 256], channel-major), exactly as the
+ * reference computes it: LLaVA's CLIPImageProcessor rescales in float64 (x * (1/255)) and casts to
+ * float32, then (x - mean) / std in float32; torchvision's ToTensor/Normalize divide by 255 in
+ * float32: both give the same float32 for every level.
  */
+export function clipNormalizationLut(): Float32Array {
+  if (!clipLut) {
+    clipLut = new Float32Array(256 * 3);
+    for (let c = 0; c < 3; c++) {
+      for (let v = 0; v < 256; v++) clipLut[c * 256 + v] = f(f(f(v * RESCALE) - CLIP_MEAN[c]) / CLIP_STD[c]);
+    }
+  }
+  return clipLut;
+}
+
+/** HWC uint8 -> CHW float32 normalised exactly as the reference (`clipNormalizationLut`). */
 export function normalizeClip(hwc: Uint8Array, width: number, height: number): Float32Array {
   const plane = width * height;
   const out = new Float32Array(3 * plane);
-  const lut = new Float32Array(256 * 3);
-  for (let c = 0; c < 3; c++) {
-    for (let v = 0; v < 256; v++) lut[c * 256 + v] = f(f(f(v * RESCALE) - CLIP_MEAN[c]) / CLIP_STD[c]);
-  }
+  const lut = clipNormalizationLut();
   for (let i = 0; i < plane; i++) {
     out[i] = lut[hwc[i * 3]];
     out[plane + i] = lut[256 + hwc[i * 3 + 1]];

@@ -1,6 +1,13 @@
+/**
+ * Every region form -> a 0/1 mask of the image's size. The synchronous functions are the
+ * specification; the `...Async` ones give the same masks as jobs of an `ImagingPool` (native, off
+ * the event loop), checking their input with the same errors first.
+ */
 import { RegionVqaError } from "../common/errors.js";
-import { rasterizePolygons } from "./polygon.js";
-import { decodeRle } from "./rle.js";
+import { thresholdBytes } from "../common/imaging/kernels.js";
+import { ImagingPool } from "../common/imaging/pool.js";
+import { checkPolygons, rasterizePolygons } from "./polygon.js";
+import { decodeRle, rleRunLengths } from "./rle.js";
 import type { Box, Mask, Region } from "./types.js";
 
 /** Alpha levels at or above this are inside the region ("alpha channel of an RGBA image" regions). */
@@ -34,6 +41,18 @@ export function alphaToMask(alpha: Uint8Array, width: number, height: number): M
  * outside the image are refused rather than clamped: a wrong coordinate system should fail loudly.
  */
 export function boxToMask(box: Box, width: number, height: number): Mask {
+  const { xFrom, xTo, yFrom, yTo } = boxPixels(box, width, height);
+  const data = new Uint8Array(width * height);
+  for (let y = yFrom; y < yTo; y++) data.fill(1, y * width + xFrom, y * width + xTo);
+  return { width, height, data };
+}
+
+/** The pixel columns [xFrom, xTo) and rows [yFrom, yTo) a box covers; throws `box_invalid`. */
+function boxPixels(
+  box: Box,
+  width: number,
+  height: number,
+): { xFrom: number; xTo: number; yFrom: number; yTo: number } {
   if (!Array.isArray(box) || box.length !== 4) {
     throw new RegionVqaError("box_invalid", "Invalid box: expected [x1, y1, x2, y2].");
   }
@@ -53,16 +72,15 @@ export function boxToMask(box: Box, width: number, height: number): Mask {
       `Invalid box [${box.join(", ")}]: it reaches outside the ${width}x${height} image (valid: 0 <= x1 < x2 <= ${width}, 0 <= y1 < y2 <= ${height}).`,
     );
   }
-  const data = new Uint8Array(width * height);
-  const xFrom = Math.ceil(x1 - 0.5);
-  const xTo = Math.ceil(x2 - 0.5);
-  const yFrom = Math.ceil(y1 - 0.5);
-  const yTo = Math.ceil(y2 - 0.5);
-  for (let y = yFrom; y < yTo; y++) data.fill(1, y * width + xFrom, y * width + xTo);
-  return { width, height, data };
+  return {
+    xFrom: Math.ceil(x1 - 0.5),
+    xTo: Math.ceil(x2 - 0.5),
+    yFrom: Math.ceil(y1 - 0.5),
+    yTo: Math.ceil(y2 - 0.5),
+  };
 }
 
-function checkMask(mask: Mask, width: number, height: number): Mask {
+function checkMaskShape(mask: Mask, width: number, height: number): void {
   if (!mask || !(mask.data instanceof Uint8Array)) {
     throw new RegionVqaError(
       "region_invalid",
@@ -81,9 +99,20 @@ function checkMask(mask: Mask, width: number, height: number): Mask {
       `The mask has ${mask.data.length} values; ${width}x${height} needs ${width * height}.`,
     );
   }
+}
+
+function checkMask(mask: Mask, width: number, height: number): Mask {
+  checkMaskShape(mask, width, height);
   const data = new Uint8Array(width * height);
   for (let i = 0; i < data.length; i++) data[i] = mask.data[i] ? 1 : 0;
   return { width, height, data };
+}
+
+function emptyRegion(kind: string, width: number, height: number): RegionVqaError {
+  return new RegionVqaError(
+    "region_empty",
+    `The ${kind} region covers no pixel of the ${width}x${height} image.`,
+  );
 }
 
 /**
@@ -118,16 +147,99 @@ export function regionToMask(region: Region, width: number, height: number): Mas
         "A points region needs a segmenter to turn the clicks into a mask, and none is loaded.",
       );
     default:
-      throw new RegionVqaError(
-        "region_invalid",
-        `Unknown region kind ${JSON.stringify((region as { kind?: unknown }).kind)}; expected mask, box, polygon, rle, points or whole.`,
-      );
+      throw unknownKind(region);
   }
-  if (countOnes(mask) === 0) {
-    throw new RegionVqaError(
-      "region_empty",
-      `The ${region.kind} region covers no pixel of the ${width}x${height} image.`,
-    );
-  }
+  if (countOnes(mask) === 0) throw emptyRegion(region.kind, width, height);
   return mask;
+}
+
+function unknownKind(region: unknown): RegionVqaError {
+  return new RegionVqaError(
+    "region_invalid",
+    `Unknown region kind ${JSON.stringify((region as { kind?: unknown }).kind)}; expected mask, box, polygon, rle, points or whole.`,
+  );
+}
+
+/** `alphaToMask` as a job of `pool` (off the event loop with the native addon). */
+export async function alphaToMaskAsync(
+  alpha: Uint8Array,
+  width: number,
+  height: number,
+  pool: ImagingPool = ImagingPool.shared(),
+): Promise<Mask> {
+  if (alpha.length !== width * height) alphaToMask(alpha, width, height); // throws mask_size_mismatch
+  const { data } = await thresholdBytes(pool, alpha, ALPHA_REGION_THRESHOLD);
+  return { width, height, data };
+}
+
+/**
+ * `regionToMask` as jobs of `pool`: the same masks and the same errors (input checks happen before
+ * any job is queued; `region_empty` once the mask is made).
+ */
+export async function regionToMaskAsync(
+  region: Region,
+  width: number,
+  height: number,
+  pool: ImagingPool = ImagingPool.shared(),
+): Promise<Mask> {
+  if (!region || typeof region !== "object")
+    throw new RegionVqaError("region_invalid", "Invalid region: expected an object with a `kind`.");
+  let data: Uint8Array;
+  let area: number;
+  switch (region.kind) {
+    case "whole":
+      return { width, height, data: new Uint8Array(width * height).fill(1) };
+    case "mask": {
+      checkMaskShape(region.mask, width, height);
+      ({ data, area } = await thresholdBytes(pool, region.mask.data, 1));
+      break;
+    }
+    case "box": {
+      const { xFrom, xTo, yFrom, yTo } = boxPixels(region.box, width, height);
+      data = new Uint8Array(width * height);
+      for (let y = yFrom; y < yTo; y++) data.fill(1, y * width + xFrom, y * width + xTo);
+      area = Math.max(0, xTo - xFrom) * Math.max(0, yTo - yFrom);
+      break;
+    }
+    case "polygon": {
+      const polygons = region.polygons;
+      checkPolygons(polygons);
+      data = new Uint8Array(width * height);
+      const out = data;
+      area = await pool.run(
+        (addon, threads) => {
+          const ringStarts = new Int32Array(polygons.length + 1);
+          polygons.forEach((p, i) => (ringStarts[i + 1] = ringStarts[i] + p.length));
+          const coords = new Float64Array(ringStarts[polygons.length]);
+          polygons.forEach((p, i) => coords.set(p, ringStarts[i]));
+          return addon.polygons({ coords, ringStarts, width, height, out, threads });
+        },
+        () => {
+          out.set(rasterizePolygons(polygons, width, height).data);
+          return countOnes({ width, height, data: out });
+        },
+      );
+      break;
+    }
+    case "rle": {
+      const counts = rleRunLengths(region.rle, width, height);
+      data = new Uint8Array(width * height);
+      const out = data;
+      const rle = region.rle;
+      area = await pool.run(
+        (addon, threads) => addon.rle({ counts: Float64Array.from(counts), width, height, out, threads }),
+        () => {
+          out.set(decodeRle(rle, width, height).data);
+          return countOnes({ width, height, data: out });
+        },
+      );
+      break;
+    }
+    case "points":
+      return regionToMask(region, width, height); // throws segmenter_not_installed
+    default:
+      throw unknownKind(region);
+  }
+  if (area === 0) throw emptyRegion(region.kind, width, height);
+  return { width, height, data };
 }

@@ -1,4 +1,5 @@
 import { RegionVqaError } from "../common/errors.js";
+import { ImagingPool } from "../common/imaging/pool.js";
 import type { CocoRle, Mask } from "./types.js";
 
 /**
@@ -79,13 +80,26 @@ export function maskToRleCounts(mask: Mask): number[] {
   return counts;
 }
 
+/** `encodeRle` with the run lengths counted as a job of `pool` (off the event loop with the addon). */
+export async function encodeRleAsync(mask: Mask, pool: ImagingPool = ImagingPool.shared()): Promise<CocoRle> {
+  const counts = await pool.run(
+    async (addon) =>
+      Array.from(await addon.rleCounts({ mask: mask.data, width: mask.width, height: mask.height })),
+    () => maskToRleCounts(mask),
+  );
+  return { size: [mask.height, mask.width], counts: encodeRleString(counts) };
+}
+
 /** Encode a mask as a COCO RLE with a compressed counts string. */
 export function encodeRle(mask: Mask): CocoRle {
   return { size: [mask.height, mask.width], counts: encodeRleString(maskToRleCounts(mask)) };
 }
 
-/** Decode a COCO RLE (compressed or uncompressed) into a mask; `width`/`height` are the image's size. */
-export function decodeRle(rle: CocoRle, width: number, height: number): Mask {
+/**
+ * A COCO RLE's run lengths, checked against the image: `size` must be [height, width], and the runs
+ * must be non-negative integers covering every pixel. Throws `rle_invalid`.
+ */
+export function rleRunLengths(rle: CocoRle, width: number, height: number): number[] {
   if (rle === null || typeof rle !== "object") throw rleError("expected an object {size, counts}.");
   const size = rle.size as unknown;
   if (!Array.isArray(size) || size.length !== 2 || !size.every((v) => Number.isInteger(v) && v > 0)) {
@@ -115,6 +129,14 @@ export function decodeRle(rle: CocoRle, width: number, height: number): Mask {
   if (total !== h * w) {
     throw rleError(`the runs cover ${total} pixels but the image has ${h * w} (${w}x${h}).`);
   }
+  return counts;
+}
+
+/** Decode a COCO RLE (compressed or uncompressed) into a mask; `width`/`height` are the image's size. */
+export function decodeRle(rle: CocoRle, width: number, height: number): Mask {
+  const counts = rleRunLengths(rle, width, height);
+  const w = width;
+  const h = height;
   const data = new Uint8Array(w * h);
   let index = 0;
   for (let i = 0; i < counts.length; i++) {

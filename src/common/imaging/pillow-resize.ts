@@ -40,14 +40,26 @@ const FILTERS = {
 export type PillowFilter = keyof typeof FILTERS;
 
 /** Per output position: first input index, number of taps, fixed-point weights (`ksize` per output). */
-interface Coefficients {
+export interface PillowCoefficients {
   ksize: number;
   start: Int32Array;
   count: Int32Array;
   weights: Int32Array;
 }
 
-function precomputeCoefficients(inSize: number, outSize: number, filter: ResampleFilter): Coefficients {
+/**
+ * The fixed-point filter coefficients of one axis, as Pillow's `precompute_coeffs` and
+ * `normalize_coeffs_8bpc` compute them. The native kernels (native/imaging.cc) take these as they are.
+ */
+export function pillowCoefficients(
+  inSize: number,
+  outSize: number,
+  filterName: PillowFilter,
+): PillowCoefficients {
+  return precomputeCoefficients(inSize, outSize, FILTERS[filterName]);
+}
+
+function precomputeCoefficients(inSize: number, outSize: number, filter: ResampleFilter): PillowCoefficients {
   const scale = inSize / outSize;
   const filterScale = scale < 1 ? 1 : scale;
   const support = filter.support * filterScale;
@@ -96,7 +108,7 @@ function resampleHorizontal(
   rowFirst: number,
   rowCount: number,
   outWidth: number,
-  c: Coefficients,
+  c: PillowCoefficients,
 ): Uint8Array {
   const out = new Uint8Array(outWidth * rowCount * channels);
   for (let y = 0; y < rowCount; y++) {
@@ -122,7 +134,7 @@ function resampleVertical(
   channels: number,
   rowShift: number,
   outHeight: number,
-  c: Coefficients,
+  c: PillowCoefficients,
 ): Uint8Array {
   const rowLen = width * channels;
   const out = new Uint8Array(rowLen * outHeight);
