@@ -4,7 +4,6 @@
  * ask, and answer as one JSON body or as server-sent events. Routes only say what their JSON and
  * events look like (`AnswerFormat`).
  */
-import { createHash } from "node:crypto";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { RegionVqaError } from "../common/errors.js";
 import type { ServerConfig } from "../config.js";
@@ -51,13 +50,9 @@ export async function regionsOf(
   specs: RegionSpec[],
 ): Promise<ResolvedImage> {
   const p = pipeline.get();
-  // The segmenter's cache key, hashed only when a points region needs it (and once per request).
-  let imageKey: string | undefined;
+  // The segmenter's cache key is the hash of the encoded bytes, made while decoding.
   const segment: SegmentFn | undefined = p.segment
-    ? async (decoded, prompt) => {
-        imageKey ??= createHash("sha256").update(image).digest("hex");
-        return (await p.segment!(decoded, prompt, { imageKey })).mask;
-      }
+    ? async (decoded, prompt) => (await p.segment!(decoded, prompt, { imageKey: decoded.sha256 })).mask
     : undefined;
   const resolved = await resolveRegions(image, specs, config.limits, segment);
   metrics.observeStage("decode", resolved.decodeSeconds);

@@ -7,7 +7,7 @@ import { RegionVqaError, type ErrorCode } from "../common/errors.js";
 import { checkRegionCount } from "../common/limits.js";
 import type { ServerLimits } from "../config.js";
 import { decodeImage, decodeMaskImage, type DecodedImage } from "../vision/decode.js";
-import { alphaToMask, regionToMask } from "../vision/region.js";
+import { alphaToMaskAsync, regionToMaskAsync } from "../vision/region.js";
 import { MAX_PROMPT_POINTS, NO_SEGMENTER_MESSAGE, type SegmentPrompt } from "../segmenter/index.js";
 import type { Box, CocoRle, Mask, PointPrompt, Polygon, Region, RgbImage } from "../vision/types.js";
 
@@ -350,24 +350,20 @@ export async function decodeRequestImage(
   image: Uint8Array,
   limits: ServerLimits,
 ): Promise<{ decoded: DecodedImage; decodeSeconds: number }> {
-  const decodeLimits = { maxBytes: limits.maxBodyBytes, maxPixels: limits.maxImagePixels };
+  // Bytes, pixels and the longest side are checked from the header, before any decoding is queued.
+  const decodeLimits = {
+    maxBytes: limits.maxBodyBytes,
+    maxPixels: limits.maxImagePixels,
+    maxSide: limits.maxImageSide,
+  };
   const started = performance.now();
   const decoded = await decodeImage(image, decodeLimits);
   const decodeSeconds = (performance.now() - started) / 1000;
-  const { width, height } = decoded;
-  if (Math.max(width, height) > limits.maxImageSide) {
-    // The encoder pads images to a square: a 1 x 10 000 000 strip has few pixels but a huge square.
-    throw new RegionVqaError(
-      "image_too_many_pixels",
-      `The image is ${width}x${height}; its longest side may be at most ${limits.maxImageSide} pixels.`,
-      { width, height, maxImageSide: limits.maxImageSide },
-    );
-  }
   return { decoded, decodeSeconds };
 }
 
 /** Turns a prompt on the decoded image into a mask (the pipeline's segmenter); absent when none is loaded. */
-export type SegmentFn = (decoded: RgbImage, prompt: SegmentPrompt) => Promise<Mask>;
+export type SegmentFn = (decoded: DecodedImage, prompt: SegmentPrompt) => Promise<Mask>;
 
 export async function resolveRegions(
   image: Uint8Array,
@@ -393,16 +389,20 @@ export async function resolveRegions(
           );
         }
         regions.push(
-          checked({ kind: "mask", mask: alphaToMask(decoded.alpha, width, height) }, width, height),
+          await checked(
+            { kind: "mask", mask: await alphaToMaskAsync(decoded.alpha, width, height) },
+            width,
+            height,
+          ),
         );
         break;
       case "points":
         if (!segment) throw new RegionVqaError("segmenter_not_installed", NO_SEGMENTER_MESSAGE);
-        regions.push(checked({ kind: "mask", mask: await segment(decoded, spec) }, width, height));
+        regions.push(await checked({ kind: "mask", mask: await segment(decoded, spec) }, width, height));
         break;
       case "maskImage":
         regions.push(
-          checked(
+          await checked(
             { kind: "mask", mask: await decodeMaskImage(spec.bytes, width, height, decodeLimits) },
             width,
             height,
@@ -410,12 +410,12 @@ export async function resolveRegions(
         );
         break;
       default:
-        regions.push(checked(spec, width, height));
+        regions.push(await checked(spec, width, height));
     }
   }
   return { width, height, regions, decoded, decodeSeconds };
 }
 
-function checked(region: Region, width: number, height: number): Region {
-  return { kind: "mask", mask: regionToMask(region, width, height) };
+async function checked(region: Region, width: number, height: number): Promise<Region> {
+  return { kind: "mask", mask: await regionToMaskAsync(region, width, height) };
 }

@@ -22,6 +22,8 @@ export class ByteLruCache<V> {
   constructor(
     readonly maxBytes: number,
     private readonly sizeOf: (value: V) => number,
+    /** Called when a value leaves the cache (evicted, replaced or cleared), e.g. to free what it holds. */
+    private readonly onRemove?: (key: string, value: V) => void,
   ) {}
 
   get(key: string): V | undefined {
@@ -48,8 +50,13 @@ export class ByteLruCache<V> {
     if (old) {
       this.totalBytes -= old.bytes;
       this.map.delete(key);
+      if (old.value !== value) this.onRemove?.(key, old.value);
     }
-    if (bytes > this.maxBytes) return; // never cache what alone exceeds the bound
+    if (bytes > this.maxBytes) {
+      // never cache what alone exceeds the bound
+      this.onRemove?.(key, value);
+      return;
+    }
     this.map.set(key, { value, bytes });
     this.totalBytes += bytes;
     for (const [k, e] of this.map) {
@@ -57,12 +64,15 @@ export class ByteLruCache<V> {
       this.map.delete(k);
       this.totalBytes -= e.bytes;
       this.evictions++;
+      this.onRemove?.(k, e.value);
     }
   }
 
   clear(): void {
+    const removed = [...this.map];
     this.map.clear();
     this.totalBytes = 0;
+    if (this.onRemove) for (const [k, e] of removed) this.onRemove(k, e.value);
   }
 
   stats(): ByteLruStats {

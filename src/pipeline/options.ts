@@ -3,12 +3,14 @@
  * part of the pipeline reads the resolved values. The server's config defaults come from here too.
  */
 import os from "node:os";
+import { ImagingPool } from "../common/imaging/pool.js";
 import { DEFAULT_MAX_QUESTION_CHARS, DEFAULT_MAX_REGIONS } from "../common/limits.js";
 import type { OrtDevice } from "../common/ort/index.js";
 import type { LlmGpu } from "../llm/index.js";
 import type { Transcript } from "../shared-state/index.js";
 import { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "../vision/index.js";
 import type { SharedSegmenterCache } from "../segmenter/types.js";
+import type { EncoderBatchOptions } from "./encode-batcher.js";
 import type { SharedFeatureCache } from "./region-embedder.js";
 
 /**
@@ -94,6 +96,17 @@ export interface PipelineOptions {
   onCache?: (hit: boolean, cache: PipelineCache) => void;
   /** Shared with other replicas (Redis); the caller owns it (connects and closes it). */
   sharedState?: SharedPipelineState;
+  /**
+   * Where decoding, hashing, preprocessing and mask work run (off the event loop). Default: the
+   * process's shared pool (`ImagingPool.shared()`), which `serve` configures from its settings.
+   */
+  imaging?: ImagingPool;
+  /**
+   * Regions of several requests in one vision-encoder run. Default on GPUs { maxRegions: 16,
+   * maxWaitMs: 0 } (requests waiting behind a run go together), on the CPU { maxRegions: 1 } (off:
+   * there a batch costs as much as its regions one by one).
+   */
+  encoderBatch?: Partial<EncoderBatchOptions>;
 }
 
 export const DEFAULT_CAPTION_PROMPTS = {
@@ -133,11 +146,19 @@ export type ResolvedPipelineOptions = Required<
     | "onStage"
     | "onCache"
     | "sharedState"
+    | "encoderBatch"
   >
 > &
   Pick<
     PipelineOptions,
-    "projector" | "segmenter" | "text" | "contextSize" | "systemPrompt" | "warmUp" | "sharedState"
+    | "projector"
+    | "segmenter"
+    | "text"
+    | "contextSize"
+    | "systemPrompt"
+    | "warmUp"
+    | "sharedState"
+    | "encoderBatch"
   > & {
     onStage: (stage: PipelineStage, ms: number) => void;
     onCache: (hit: boolean, cache: PipelineCache) => void;
@@ -148,6 +169,7 @@ export function resolvePipelineOptions(options: PipelineOptions): ResolvedPipeli
   return {
     ...PIPELINE_DEFAULTS,
     visionThreads: os.availableParallelism(),
+    imaging: ImagingPool.shared(),
     logger: silentLogger,
     onStage: () => undefined,
     onCache: () => undefined,

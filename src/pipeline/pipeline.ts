@@ -14,7 +14,8 @@ import {
   type SegmentPrompt,
   type SegmentResult,
 } from "../segmenter/index.js";
-import { decodeImage, type Region, type RgbImage } from "../vision/index.js";
+import { sha256Hex } from "../common/imaging/kernels.js";
+import { decodeImage, type DecodedImage, type Region, type RgbImage } from "../vision/index.js";
 import { checkLabels, l2Normalize, RegionClassifier, type ClassifyResult } from "./region-classifier.js";
 import { CONVERSATION_ID_PATTERN, ConversationRegistry } from "./conversation-registry.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
@@ -225,8 +226,9 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     this.assertOpen();
     if (regions.some((r) => r.kind === "points")) {
       // Clicks become masks first; the decoded image and its key serve the segmenter and the encoder.
-      const rgb = decoded ?? (await decodeImage(image, this.options.decodeLimits));
-      const imageKey = createHash("sha256").update(image).digest("hex");
+      const rgb: RgbImage & Pick<DecodedImage, "sha256"> =
+        decoded ?? (await decodeImage(image, this.options.decodeLimits, { pool: this.options.imaging }));
+      const imageKey = rgb.sha256 ?? (await sha256Hex(this.options.imaging, image));
       regions = await Promise.all(
         regions.map(async (r) =>
           r.kind === "points"

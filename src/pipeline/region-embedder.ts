@@ -6,6 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { RegionVqaError } from "../common/errors.js";
+import { sha256Hex } from "../common/imaging/kernels.js";
 import { checkRegionCount } from "../common/limits.js";
 import type { OrtProvider } from "../common/ort/index.js";
 import type { Tensor } from "../common/tensor.js";
@@ -13,15 +14,22 @@ import { checkProjectorWidths, LlavaProjector } from "../projector/index.js";
 import {
   AlphaClipEncoder,
   decodeImage,
+  LlavaImageProcessor,
   llavaAlphaFromMask,
-  preprocessImageForLlava,
-  regionToMask,
+  regionToMaskAsync,
+  type DecodedImage,
   type Region,
   type RgbImage,
 } from "../vision/index.js";
 import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 import { modelFingerprint } from "../common/fingerprint.js";
 import { roundForSharing, type SharedFeatureDtype, type StoredEmbeddings } from "../shared-state/index.js";
+import {
+  EncodeBatcher,
+  type BatchInput,
+  type BatchOutputs,
+  type EncodeBatcherStats,
+} from "./encode-batcher.js";
 import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
 
 /** Projected image embeddings of one region, ready for the LLM: `count` rows of n_embd, row-major. */
@@ -56,7 +64,12 @@ type EmbedderOptions = Pick<
   | "logger"
   | "onStage"
   | "onCache"
+  | "imaging"
+  | "encoderBatch"
 >;
+
+/** Encoder batches across requests by default on GPUs only (on the CPU a batch costs its size). */
+export const DEFAULT_GPU_ENCODER_BATCH = 16;
 
 function sha256(...parts: Uint8Array[]): string {
   const h = createHash("sha256");
@@ -77,6 +90,8 @@ export class RegionEmbedder {
   private readonly cache: ByteLruCache<RegionEmbeddings>;
   /** Shared writes not yet acknowledged (awaited on dispose). */
   private readonly pendingShares = new Set<Promise<void>>();
+  private readonly processor: LlavaImageProcessor;
+  private readonly batcher: EncodeBatcher;
 
   private constructor(
     private readonly options: EmbedderOptions,
@@ -93,6 +108,12 @@ export class RegionEmbedder {
       options.visionCacheBytes,
       (v) => v.data.byteLength + (v.imageEmbed?.byteLength ?? 0),
     );
+    this.processor = new LlavaImageProcessor(encoder.imageSize, options.imaging);
+    this.batcher = new EncodeBatcher((input) => this.encodeAndProject(input), {
+      maxRegions:
+        options.encoderBatch?.maxRegions ?? (encoder.provider === "cpu" ? 1 : DEFAULT_GPU_ENCODER_BATCH),
+      maxWaitMs: options.encoderBatch?.maxWaitMs ?? 0,
+    });
   }
 
   static async load(options: EmbedderOptions, shared?: SharedFeatureCache): Promise<RegionEmbedder> {
@@ -167,12 +188,15 @@ export class RegionEmbedder {
   async embed(image: Uint8Array, regions: Region[], decoded?: RgbImage): Promise<RegionEmbeddings[]> {
     if (regions.length === 0) throw new RegionVqaError("invalid_request", "No region given.");
     checkRegionCount(regions.length, this.options.maxRegions);
-    const rgb = decoded ?? (await this.timed("decode", () => decodeImage(image, this.options.decodeLimits)));
-    const imageHash = sha256(image);
-    const masks = regions.map((r) => regionToMask(r, rgb.width, rgb.height));
-    const keys = masks.map(
-      (m, i) => `${this.modelKey}:${imageHash}:${regions[i].kind === "whole" ? "whole" : sha256(m.data)}`,
+    const pool = this.options.imaging;
+    const rgb: RgbImage & Pick<DecodedImage, "sha256"> =
+      decoded ?? (await this.timed("decode", () => decodeImage(image, this.options.decodeLimits, { pool })));
+    const imageHash = rgb.sha256 ?? (await sha256Hex(pool, image));
+    const masks = await Promise.all(regions.map((r) => regionToMaskAsync(r, rgb.width, rgb.height, pool)));
+    const maskHashes = await Promise.all(
+      masks.map((m, i) => (regions[i].kind === "whole" ? "whole" : sha256Hex(pool, m.data))),
     );
+    const keys = maskHashes.map((h) => `${this.modelKey}:${imageHash}:${h}`);
     const results = keys.map((k) => {
       const hit = this.cache.get(k);
       this.options.onCache(hit !== undefined, "vision");
@@ -187,33 +211,18 @@ export class RegionEmbedder {
     }
     if (todo.length === 0) return results as RegionEmbeddings[];
 
-    const size = this.encoder.imageSize;
-    const plane = size * size;
-    // The image is padded and resized once; each region only adds its alpha plane.
-    const { pixelValues, alpha } = await this.timed("preprocess", () => {
-      const alpha = new Float32Array(todo.length * plane);
-      todo.forEach((i, j) => {
-        // "Whole image" is the reference's no-mask path: alpha is foreground everywhere, padding included.
-        const a = llavaAlphaFromMask(regions[i].kind === "whole" ? null : masks[i], size);
-        alpha.set(a.alpha.data, j * plane);
-      });
-      return { pixelValues: preprocessImageForLlava(rgb, size).pixelValues, alpha };
+    // The image is padded and resized once; each region only adds its alpha plane. "Whole image" is
+    // the reference's no-mask path: alpha is foreground everywhere, padding included.
+    const { pixelValues, alpha } = await this.timed("preprocess", async () => {
+      const [image, alpha] = await Promise.all([
+        this.processor.image(rgb),
+        this.processor.alphas(todo.map((i) => (regions[i].kind === "whole" ? null : masks[i]))),
+      ]);
+      return { pixelValues: image.pixelValues, alpha };
     });
-    const encoded = await this.timed("encode", () =>
-      this.encoder.encode({ pixelValues, alpha: { data: alpha, shape: [todo.length, 1, size, size] } }),
-    );
-    let projected: Tensor;
-    if (encoded.projected) projected = encoded.projected;
-    else if (encoded.features && this.projector) {
-      const { features } = encoded;
-      const projector = this.projector;
-      projected = await this.timed("project", () => projector.project(features));
-    } else {
-      throw new RegionVqaError("model_invalid", "the vision model returned neither features nor embeddings");
-    }
-    const embed = encoded.imageEmbed;
+    const { projected, imageEmbed: embed } = await this.batcher.submit({ pixelValues, alpha });
     const embedWidth = embed ? embed.shape[1] : 0;
-    splitBatch(projected).forEach((block, j) => {
+    splitBatch(projected!).forEach((block, j) => {
       const i = todo[j];
       // Own copy per region so that evicting or transferring one never touches another.
       let own: RegionEmbeddings = { data: block.data.slice(), count: block.count, key: keys[i] };
@@ -227,6 +236,23 @@ export class RegionEmbedder {
       this.cache.set(keys[i], own);
     });
     return results as RegionEmbeddings[];
+  }
+
+  /** One encoder run (and projector run) for a batch: the regions of one request or of several. */
+  private async encodeAndProject(input: BatchInput): Promise<BatchOutputs> {
+    const encoded = await this.timed("encode", () => this.encoder.encode(input));
+    if (encoded.projected) return { projected: encoded.projected, imageEmbed: encoded.imageEmbed };
+    const { features } = encoded;
+    const projector = this.projector;
+    if (!features || !projector)
+      throw new RegionVqaError("model_invalid", "the vision model returned neither features nor embeddings");
+    const projected = await this.timed("project", () => projector.project(features));
+    return { projected, imageEmbed: encoded.imageEmbed };
+  }
+
+  /** Encoder runs, requests and regions so far (with batching, fewer runs than requests). */
+  batchStats(): EncodeBatcherStats {
+    return this.batcher.stats();
   }
 
   /** Writes an entry to the shared tier in the background; a failure is the shared state's to count. */

@@ -8,9 +8,10 @@
  * exports (`image_embeddings` + `image_positional_embeddings`, no box input) take the same path: the
  * decoder is fed every encoder output it names as an input, plus the prompt tensors.
  */
-import { createHash } from "node:crypto";
 import path from "node:path";
-import { RegionVqaError } from "../common/errors.js";
+import { RegionVqaError, isRegionVqaError } from "../common/errors.js";
+import { sha256Hex } from "../common/imaging/kernels.js";
+import { ImagingPool } from "../common/imaging/pool.js";
 import { ByteLruCache, type ByteLruStats } from "../common/lru-cache.js";
 import { readModelManifest, type ModelManifest } from "../common/manifest.js";
 import {
@@ -21,8 +22,8 @@ import {
   type WireTensor,
 } from "../common/ort/index.js";
 import type { RgbImage } from "../vision/types.js";
-import { logitsToImage, thresholdLogits } from "./postprocess.js";
-import { checkPrompt, encodePrompt, preprocessForSam } from "./preprocess.js";
+import { checkPrompt, encodePrompt } from "./preprocess.js";
+import { SamProcessor } from "./processor.js";
 import { modelFingerprint } from "../common/fingerprint.js";
 import { roundBundleForSharing } from "../shared-state/feature-codec.js";
 import type {
@@ -53,6 +54,8 @@ export interface SegmenterLoadOptions {
   shared?: SharedSegmenterCache;
   /** Each lookup in `shared` (metrics hook). */
   onSharedLookup?: (hit: boolean) => void;
+  /** Where preprocessing, hashing and mask upsampling run. Default: the process's shared pool. */
+  imaging?: ImagingPool;
 }
 
 /** Reads and checks a segmenter folder's manifest. */
@@ -78,23 +81,27 @@ export async function readSegmenterManifest(dir: string): Promise<ModelManifest<
   return manifest;
 }
 
-function sha256(...parts: Uint8Array[]): string {
-  const h = createHash("sha256");
-  for (const p of parts) h.update(p);
-  return h.digest("hex");
+/** Content key of a decoded image: its size and pixels (hashed off the event loop). */
+export function imageKey(image: RgbImage, pool: ImagingPool = ImagingPool.shared()): Promise<string> {
+  return sha256Hex(pool, new Uint8Array(new Uint32Array([image.width, image.height]).buffer), image.data);
 }
 
-/** Content key of a decoded image: its size and pixels. */
-export function imageKey(image: RgbImage): string {
-  return sha256(new Uint8Array(new Uint32Array([image.width, image.height]).buffer), image.data);
-}
-
+/** One image's embeddings, as this side knows them: they live in the decoder's worker under `resident`. */
 interface CachedImage {
-  embeddings: ImageEmbeddings;
   frame: SamFrame;
   bytes: number;
+  /** The decoder session's key for the embeddings (unique per entry, so a re-encode never meets an old drop). */
+  resident: string;
   /** Read from the shared tier (no encoder run here). */
   fromShared?: boolean;
+}
+
+function encodePromptFeeds(tensors: ReturnType<typeof encodePrompt>): Record<string, WireTensor> {
+  return {
+    input_points: tensors.input_points,
+    input_labels: tensors.input_labels,
+    ...(tensors.input_boxes ? { input_boxes: tensors.input_boxes } : {}),
+  };
 }
 
 export class SamSegmenter {
@@ -105,6 +112,8 @@ export class SamSegmenter {
   private readonly embeddingNames: string[];
   /** Shared writes not yet acknowledged (awaited on dispose). */
   private readonly pendingShares = new Set<Promise<void>>();
+  private readonly processor: SamProcessor;
+  private residentCount = 0;
 
   private constructor(
     readonly modelDir: string,
@@ -118,8 +127,16 @@ export class SamSegmenter {
       modelKey: string;
       onLookup?: (hit: boolean) => void;
     },
+    private readonly pool: ImagingPool = ImagingPool.shared(),
   ) {
-    this.cache = new ByteLruCache(cacheBytes, (v) => v.bytes);
+    // An entry that leaves the cache frees its embeddings in the decoder's worker, after the clicks
+    // already on their way (a click that obtained the entry posts its run within the same turn).
+    this.cache = new ByteLruCache(
+      cacheBytes,
+      (v) => v.bytes,
+      (_key, v) => void setImmediate(() => this.decoder.drop(v.resident)),
+    );
+    this.processor = new SamProcessor(manifest.config, pool);
     this.boxInput = decoder.inputNames.includes("input_boxes");
     this.embeddingNames = encoder.outputNames.filter((n) => decoder.inputNames.includes(n));
   }
@@ -161,6 +178,7 @@ export class SamSegmenter {
         decoder,
         options.cacheBytes ?? DEFAULT_SEGMENTER_CACHE_BYTES,
         shared,
+        options.imaging,
       );
     } catch (err) {
       await decoder?.dispose().catch(() => undefined);
@@ -196,19 +214,17 @@ export class SamSegmenter {
       job = (async () => {
         const fromShared = await this.lookupShared(image, key);
         if (fromShared) return fromShared;
-        const { pixelValues, frame } = preprocessForSam(image, this.config);
+        const { pixelValues, frame } = await this.processor.image(image);
         const outputs = await this.encoder.run({
           [this.encoder.inputNames[0]]: { data: pixelValues.data, dims: pixelValues.shape },
         });
-        const embeddings: ImageEmbeddings = {};
-        let bytes = 0;
+        let embeddings: ImageEmbeddings = {};
         for (const name of this.embeddingNames) {
           const t = outputs[name];
           embeddings[name] = { data: t.data as Float32Array, shape: t.dims };
-          bytes += t.data.byteLength;
         }
-        let entry: CachedImage = { embeddings, frame, bytes };
-        if (this.shared) entry = this.share(key, entry);
+        if (this.shared) embeddings = this.share(key, frame, embeddings);
+        const entry = this.keepResident(frame, embeddings);
         this.cache.set(key, entry);
         return entry;
       })().finally(() => this.pending.delete(key));
@@ -230,43 +246,53 @@ export class SamSegmenter {
     this.shared.onLookup?.(Boolean(usable));
     if (!usable) return undefined;
     const embeddings: ImageEmbeddings = {};
-    let bytes = 0;
-    for (const name of this.embeddingNames) {
-      embeddings[name] = found.embeddings[name];
-      bytes += found.embeddings[name].data.byteLength;
-    }
-    const entry: CachedImage = { embeddings, frame: found.frame, bytes, fromShared: true };
+    for (const name of this.embeddingNames) embeddings[name] = found.embeddings[name];
+    const entry: CachedImage = { ...this.keepResident(found.frame, embeddings), fromShared: true };
     this.cache.set(key, entry);
     return entry;
   }
 
+  /** Moves an image's embeddings to the decoder's worker; what stays here is their key and size. */
+  private keepResident(frame: SamFrame, embeddings: ImageEmbeddings): CachedImage {
+    const resident = `image-${++this.residentCount}`;
+    let bytes = 0;
+    const tensors: Record<string, WireTensor> = {};
+    for (const [name, t] of Object.entries(embeddings)) {
+      tensors[name] = { data: t.data, dims: t.shape };
+      bytes += t.data.byteLength;
+    }
+    this.decoder.keep(resident, tensors);
+    return { frame, bytes, resident };
+  }
+
   /**
-   * Writes a new entry to the shared tier in the background, and returns it with the values rounded as
-   * stored there, so this replica decodes exactly what the others will.
+   * Writes a new entry to the shared tier in the background, and returns the embeddings rounded as
+   * stored there, so this replica decodes exactly what the others will. The entry is serialised
+   * before this returns (the embeddings then move to the decoder's worker).
    */
-  private share(key: string, entry: CachedImage): CachedImage {
+  private share(key: string, frame: SamFrame, embeddings: ImageEmbeddings): ImageEmbeddings {
     const shared = this.shared!;
-    const names = Object.keys(entry.embeddings);
+    const names = Object.keys(embeddings);
     const rounded = roundBundleForSharing(
-      { tensors: names.map((name) => ({ name, ...entry.embeddings[name] })) },
+      { tensors: names.map((name) => ({ name, ...embeddings[name] })) },
       shared.cache.featureDtype,
     );
-    const embeddings: ImageEmbeddings = {};
-    for (const t of rounded.tensors) embeddings[t.name] = { data: t.data, shape: t.shape };
+    const out: ImageEmbeddings = {};
+    for (const t of rounded.tensors) out[t.name] = { data: t.data, shape: t.shape };
     const write = shared.cache
-      .putSegmenterEmbeddings(`${shared.modelKey}:${key}`, { frame: entry.frame, embeddings })
+      .putSegmenterEmbeddings(`${shared.modelKey}:${key}`, { frame, embeddings: out })
       .catch(() => undefined)
       .finally(() => this.pendingShares.delete(write));
     this.pendingShares.add(write);
-    return { ...entry, embeddings };
+    return out;
   }
 
   /**
    * Encodes the image now (or finds it cached), so that later clicks only decode. `key` is the
    * image's content key; by default a hash of its pixels.
    */
-  async prepare(image: RgbImage, key: string = imageKey(image)): Promise<{ cached: boolean; ms: number }> {
-    const { hit, ms } = await this.encode(image, key);
+  async prepare(image: RgbImage, key?: string): Promise<{ cached: boolean; ms: number }> {
+    const { hit, ms } = await this.encode(image, key ?? (await imageKey(image, this.pool)));
     return { cached: hit, ms };
   }
 
@@ -282,19 +308,21 @@ export class SamSegmenter {
     options: SegmentOptions = {},
   ): Promise<SegmentResult> {
     checkPrompt(prompt, image.width, image.height);
-    const { cached, hit, ms: encodeMs } = await this.encode(image, options.imageKey ?? imageKey(image));
-    const tensors = encodePrompt(prompt, cached.frame, this.boxInput);
-    const feeds: Record<string, WireTensor> = {
-      input_points: tensors.input_points,
-      input_labels: tensors.input_labels,
-    };
-    if (tensors.input_boxes) feeds.input_boxes = tensors.input_boxes;
-    for (const [name, t] of Object.entries(cached.embeddings)) {
-      // Each run gets its own copy: the worker transfer must never detach the cached buffers.
-      feeds[name] = { data: t.data.slice(), dims: t.shape };
-    }
+    const key = options.imageKey ?? (await imageKey(image, this.pool));
+    let { cached, hit, ms: encodeMs } = await this.encode(image, key);
+    const feeds = encodePromptFeeds(encodePrompt(prompt, cached.frame, this.boxInput));
     const t0 = performance.now();
-    const out = await this.decoder.run(feeds);
+    let out: Record<string, WireTensor>;
+    try {
+      out = await this.decoder.run(feeds, { resident: cached.resident });
+    } catch (err) {
+      // The entry left the cache between its lookup and this run (a race with eviction): encode again.
+      if (!isRegionVqaError(err) || !err.details?.residentMissing) throw err;
+      ({ cached, hit, ms: encodeMs } = await this.encode(image, key));
+      out = await this.decoder.run(encodePromptFeeds(encodePrompt(prompt, cached.frame, this.boxInput)), {
+        resident: cached.resident,
+      });
+    }
     const decodeMs = performance.now() - t0;
 
     const t1 = performance.now();
@@ -313,11 +341,14 @@ export class SamSegmenter {
       : new Array<number>(count).fill(0);
     let index = 0;
     for (let k = 1; k < count; k++) if (scores[k] > scores[index]) index = k;
-    const candidates: SegmentCandidate[] = scores.map((score, k) => {
-      if (k !== index && !options.allCandidates) return { score };
-      const full = logitsToImage(logits.subarray(k * M * M, (k + 1) * M * M), cached.frame, this.config);
-      return { score, ...thresholdLogits(full, image.width, image.height) };
-    });
+    const frame = cached.frame;
+    const candidates: SegmentCandidate[] = await Promise.all(
+      scores.map(async (score, k) => {
+        if (k !== index && !options.allCandidates) return { score };
+        const { mask, area } = await this.processor.mask(logits.subarray(k * M * M, (k + 1) * M * M), frame);
+        return { score, mask, area };
+      }),
+    );
     const objectScore = out.object_score_logits
       ? (out.object_score_logits.data as Float32Array)[0]
       : undefined;

@@ -3,11 +3,10 @@
  * them, as a PNG data URL and as COCO RLE, with its score, the other candidate masks and timings.
  * The image's embeddings are cached by content, so the next click on the same image only decodes.
  */
-import { createHash } from "node:crypto";
 import type { FastifyPluginAsync } from "fastify";
 import { RegionVqaError } from "../../common/errors.js";
 import { NO_SEGMENTER_MESSAGE, type SegmentPrompt } from "../../segmenter/index.js";
-import { encodeMaskPng, encodeRle, type Mask } from "../../vision/index.js";
+import { encodeMaskPng, encodeRleAsync, type Mask } from "../../vision/index.js";
 import { withLease, type ModelRouteOptions } from "../answer.js";
 import { bearerAuth } from "../http.js";
 import { bytesFromField, decodeRequestImage, regionSpecsFromBody } from "../input.js";
@@ -35,8 +34,8 @@ const promptFields = {
 async function maskJson(
   mask: Mask,
 ): Promise<{ png: string; rle: { size: [number, number]; counts: string } }> {
-  const png = Buffer.from(await encodeMaskPng(mask)).toString("base64");
-  const rle = encodeRle(mask);
+  const [pngBytes, rle] = await Promise.all([encodeMaskPng(mask), encodeRleAsync(mask)]);
+  const png = Buffer.from(pngBytes).toString("base64");
   return { png: `data:image/png;base64,${png}`, rle: { size: rle.size, counts: rle.counts as string } };
 }
 
@@ -135,8 +134,7 @@ const segmentRoutes: FastifyPluginAsync<ModelRouteOptions> = async (app, route) 
         metrics.observeStage("decode", decodeSeconds);
         lease.throwIfAborted();
         const prompt: SegmentPrompt = { points: spec.points, box: spec.box };
-        const imageKey = createHash("sha256").update(image).digest("hex");
-        const result = await p.segment!(decoded, prompt, { imageKey, allCandidates: true });
+        const result = await p.segment!(decoded, prompt, { imageKey: decoded.sha256, allCandidates: true });
         lease.throwIfAborted();
         return {
           model: p.models.segmenter ?? p.models.id,

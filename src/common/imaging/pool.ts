@@ -27,7 +27,10 @@ export interface ImagingPoolOptions {
 }
 
 export interface ImagingPoolStats {
+  /** Slots taken (a kernel running, or other work such as a decode by sharp). */
   active: number;
+  /** Kernels running now (native ones on libuv threads; the TypeScript ones block the caller). */
+  kernels: number;
   waiting: number;
   /** Jobs finished since the pool was made. */
   completed: number;
@@ -47,6 +50,7 @@ export class ImagingPool {
   readonly fallbackReason: string | undefined;
   private readonly addon: NativeImaging | undefined;
   private active = 0;
+  private kernels = 0;
   private completed = 0;
   private readonly waiting: Array<() => void> = [];
 
@@ -82,8 +86,20 @@ export class ImagingPool {
     return ImagingPool.sharedPool;
   }
 
+  /** Installs `pool` as the process's pool and returns the one it replaces (tests restore it). */
+  static setShared(pool: ImagingPool): ImagingPool {
+    const previous = ImagingPool.shared();
+    ImagingPool.sharedPool = pool;
+    return previous;
+  }
+
   stats(): ImagingPoolStats {
-    return { active: this.active, waiting: this.waiting.length, completed: this.completed };
+    return {
+      active: this.active,
+      kernels: this.kernels,
+      waiting: this.waiting.length,
+      completed: this.completed,
+    };
   }
 
   /**
@@ -92,7 +108,14 @@ export class ImagingPool {
    */
   run<T>(native: (addon: NativeImaging, threads: number) => Promise<T>, typescript: () => T): Promise<T> {
     const addon = this.addon;
-    return this.schedule(async () => (addon ? native(addon, this.threads) : typescript()));
+    return this.schedule(async () => {
+      this.kernels++;
+      try {
+        return addon ? await native(addon, this.threads) : typescript();
+      } finally {
+        this.kernels--;
+      }
+    });
   }
 
   /** Any other asynchronous CPU work (decoding with sharp) in a slot of this pool. */

@@ -14,6 +14,7 @@ import {
   createOrtSession,
   fromWireError,
   ORT_DEVICES,
+  residentMissing,
   runError,
   runOrtSession,
   type OrtDevice,
@@ -47,7 +48,9 @@ type Outputs = Record<string, WireTensor>;
 
 /** How runs reach the session: over a worker's message port, or directly. */
 interface Transport {
-  run(inputs: Outputs): Promise<Outputs>;
+  run(inputs: Outputs, resident?: string): Promise<Outputs>;
+  keep(key: string, tensors: Outputs): void;
+  drop(key: string): void;
   /** Resolves once the run in progress (if any) is over and the session is released. */
   close(): Promise<void>;
   /** The worker thread, when there is one (its id shows work happens off the main thread). */
@@ -117,20 +120,37 @@ export class OnnxSession {
     );
   }
 
-  /**
-   * One run, queued behind earlier ones. The inputs' buffers are transferred to the worker (they are
-   * detached afterwards): pass arrays the caller does not need again.
-   */
   /** Where it runs, for logs and /readyz: "cpu", "cuda", or e.g. "webgpu (NVIDIA RTX 4090)". */
   get device(): string {
     return this.adapter ? `${this.provider} (${this.adapter})` : this.provider;
   }
 
-  async run(inputs: Outputs): Promise<Outputs> {
+  /**
+   * Keeps `tensors` where the session runs, under `key`, for runs that name it (`run(inputs, { resident:
+   * key })`): inputs shared by many runs then cross to the worker once. Their buffers are moved
+   * (detached here). Ordered with the runs: a run submitted after `keep` sees the tensors.
+   */
+  keep(key: string, tensors: Outputs): void {
+    if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
+    this.transport.keep(key, tensors);
+  }
+
+  /** Forgets the tensors kept under `key`, after the runs submitted before. */
+  drop(key: string): void {
+    if (!this.disposed) this.transport.drop(key);
+  }
+
+  /**
+   * One run, queued behind earlier ones. The inputs' buffers are transferred to the worker (they are
+   * detached afterwards): pass arrays the caller does not need again. With `resident`, the tensors
+   * kept under that key are inputs too; when they are gone the run fails with `internal` and
+   * `details.residentMissing`.
+   */
+  async run(inputs: Outputs, options: { resident?: string } = {}): Promise<Outputs> {
     if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
     if (this.failure) throw this.failure;
     const started = this.tail;
-    const result = this.transport.run(inputs);
+    const result = this.transport.run(inputs, options.resident);
     this.tail = result.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
     let fail!: (err: RegionVqaError) => void;
@@ -184,20 +204,30 @@ async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready;
   const { session, provider, adapter, fallbackReason } = await createOrtSession(spec);
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
+  const resident = new Map<string, Outputs>();
   const transport: Transport = {
-    run(inputs) {
+    run(inputs, key) {
       const next = queue.then(() => {
         if (closed) throw new RegionVqaError("aborted", `${spec.label} was disposed`);
-        return runOrtSession(session, inputs).catch((err: unknown) => {
+        const kept = key === undefined ? {} : resident.get(key);
+        if (!kept) throw fromWireError(residentMissing(spec.label, key!));
+        return runOrtSession(session, { ...kept, ...inputs }).catch((err: unknown) => {
           throw fromWireError(runError(err, provider, spec.label));
         });
       });
       queue = next.catch(() => undefined);
       return next;
     },
+    keep(key, tensors) {
+      queue = queue.then(() => resident.set(key, tensors));
+    },
+    drop(key) {
+      queue = queue.then(() => resident.delete(key));
+    },
     async close() {
       closed = true;
       await queue;
+      resident.clear();
       await session.release();
     },
   };
@@ -292,14 +322,22 @@ async function workerTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; tr
 
   const transport: Transport = {
     worker,
-    run(inputs) {
+    run(inputs, resident) {
       if (failure) return Promise.reject(failure);
       const id = nextId++;
       const { message, transfer } = movable(inputs);
       return new Promise<Outputs>((resolve, reject) => {
         pending.set(id, { resolve, reject });
-        send({ type: "run", id, inputs: message }, transfer);
+        send({ type: "run", id, inputs: message, ...(resident !== undefined ? { resident } : {}) }, transfer);
       });
+    },
+    keep(key, tensors) {
+      if (failure) return;
+      const { message, transfer } = movable(tensors);
+      send({ type: "keep", key, tensors: message }, transfer);
+    },
+    drop(key) {
+      if (!failure && !closing) send({ type: "drop", key });
     },
     async close() {
       closing = true;

@@ -30,6 +30,8 @@ export interface WireTensor {
 export interface WireError {
   code: ErrorCode;
   message: string;
+  /** A run named resident tensors that are gone (see `OnnxSession.keep`). */
+  residentMissing?: boolean;
 }
 
 export interface OrtSessionSpec {
@@ -212,6 +214,11 @@ function copyTyped(data: ort.Tensor["data"]): WireTensor["data"] {
   throw new RegionVqaError("model_invalid", "the model has an output that is not float32, int32 or int64");
 }
 
+/** The error of a run naming resident tensors the session no longer holds (the owner re-sends them). */
+export function residentMissing(label: string, key: string): WireError {
+  return { code: "internal", message: `${label}: no resident tensors "${key}"`, residentMissing: true };
+}
+
 /** Errors cross the worker boundary as plain objects; unknown failures become `internal`. */
 export function toWireError(err: unknown, label: string): WireError {
   if (err instanceof RegionVqaError) return { code: err.code, message: err.message };
@@ -238,5 +245,9 @@ export function runError(err: unknown, provider: OrtProvider, label: string): Wi
 }
 
 export function fromWireError(error: WireError): RegionVqaError {
-  return new RegionVqaError(error.code, error.message);
+  return new RegionVqaError(
+    error.code,
+    error.message,
+    error.residentMissing ? { residentMissing: true } : undefined,
+  );
 }

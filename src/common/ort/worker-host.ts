@@ -7,6 +7,7 @@ import type * as ort from "onnxruntime-node";
 import type { HostMessage, OwnerMessage } from "./protocol.js";
 import {
   createOrtSession,
+  residentMissing,
   runError,
   runOrtSession,
   toWireError,
@@ -25,6 +26,8 @@ let provider: OrtProvider = "cpu";
 let closing = false;
 // Runs are chained so that they execute one at a time, in the order they arrived.
 let queue: Promise<void> = Promise.resolve();
+/** Tensors kept for later runs, by key (protocol.ts). */
+const resident = new Map<string, Record<string, WireTensor>>();
 
 const ready = createOrtSession(spec).then(
   (created) => {
@@ -46,12 +49,17 @@ const ready = createOrtSession(spec).then(
   },
 );
 
-async function run(id: number, inputs: Record<string, WireTensor>): Promise<void> {
+async function run(id: number, inputs: Record<string, WireTensor>, key?: string): Promise<void> {
   await ready;
   // Runs queued behind a close are dropped (the owner has already rejected them).
   if (closing || !session) return;
+  const kept = key === undefined ? {} : resident.get(key);
+  if (!kept) {
+    post({ type: "result", id, error: residentMissing(spec.label, key!) });
+    return;
+  }
   try {
-    const outputs = await runOrtSession(session, inputs);
+    const outputs = await runOrtSession(session, { ...kept, ...inputs });
     post(
       { type: "result", id, outputs },
       Object.values(outputs).map((t) => t.data.buffer as ArrayBuffer),
@@ -68,11 +76,20 @@ port.on("message", (message: OwnerMessage) => {
     // the whole process when a run completes in a torn-down worker).
     queue = queue.then(async () => {
       await ready;
+      resident.clear();
       await session?.release();
       session = undefined;
       port.close();
     });
     return;
   }
-  queue = queue.then(() => run(message.id, message.inputs));
+  if (message.type === "keep") {
+    queue = queue.then(() => void resident.set(message.key, message.tensors));
+    return;
+  }
+  if (message.type === "drop") {
+    queue = queue.then(() => void resident.delete(message.key));
+    return;
+  }
+  queue = queue.then(() => run(message.id, message.inputs, message.resident));
 });
