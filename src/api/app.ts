@@ -223,6 +223,16 @@ export async function buildServer(options: BuildServerOptions): Promise<FastifyI
 }
 
 /**
+ * The pipeline requests a server holds: served, waiting, and leases not yet released (tests check
+ * that a burst leaves none behind).
+ */
+export function pipelineRequests(app: FastifyInstance): { active: number; waiting: number; live: number } {
+  const scheduler = schedulers.get(app);
+  if (!scheduler) throw new RegionVqaError("invalid_request", "not a server made by buildServer");
+  return { ...scheduler.stats, live: scheduler.liveLeases };
+}
+
+/**
  * Stops a server built by `buildServer` gracefully: it stops accepting connections and new pipeline
  * requests (503), lets requests in flight finish for up to `graceMs`, then aborts what is left (their
  * generations stop at the next token) and closes every connection. Resolves when the server is closed

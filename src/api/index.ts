@@ -3,6 +3,7 @@ export {
   buildServer,
   closeGracefully,
   defaultUiRoot,
+  pipelineRequests,
   REPLICA_HEADER,
   type BuildServerOptions,
   type SharedStateHealth,

@@ -44,6 +44,12 @@ export class RequestScheduler {
   private active = 0;
   private readonly waiting: Waiter[] = [];
   private readonly leases = new Set<LeaseImpl>();
+  /**
+   * Every lease not yet disposed, served or waiting: what `abortAll` stops. (A listener per lease on
+   * one shared signal would pile up under load: Node warns past 10 on one AbortSignal.)
+   */
+  private readonly live = new Set<LeaseImpl>();
+  private stopReason: RegionVqaError | undefined;
   /** Moving average of how long a request holds its turn, for Retry-After. */
   private averageHoldSeconds = 1;
   private draining = false;
@@ -158,11 +164,25 @@ export class RequestScheduler {
   /** Aborts every request being served or waiting (shutdown after its grace period). */
   abortAll(reason: RegionVqaError): void {
     this.draining = true;
-    if (!this.stop.signal.aborted) this.stop.abort(reason);
+    this.stopReason ??= reason;
+    for (const lease of [...this.live]) lease.abort(reason);
   }
 
-  /** @internal Fires for every lease (served or waiting) when the server stops past its grace period. */
-  readonly stop = new AbortController();
+  /** @internal A new lease: aborted at once when the server has stopped. */
+  track(lease: LeaseImpl): void {
+    if (this.stopReason) lease.abort(this.stopReason);
+    else this.live.add(lease);
+  }
+
+  /** @internal A lease whose timer and listeners are gone. */
+  untrack(lease: LeaseImpl): void {
+    this.live.delete(lease);
+  }
+
+  /** Leases not yet released (served or waiting): 0 once a burst is over. */
+  get liveLeases(): number {
+    return this.live.size;
+  }
 }
 
 class LeaseImpl implements Lease {
@@ -189,14 +209,12 @@ class LeaseImpl implements Lease {
     }, timeoutMs);
     const onClient = (): void =>
       this.abort(new RegionVqaError("aborted", "The client closed the connection."));
-    const shutdown = scheduler.stop.signal;
-    const onShutdown = (): void => this.abort(shutdown.reason as RegionVqaError);
     clientSignal?.addEventListener("abort", onClient, { once: true });
-    shutdown.addEventListener("abort", onShutdown, { once: true });
     this.unlink = () => {
       clientSignal?.removeEventListener("abort", onClient);
-      shutdown.removeEventListener("abort", onShutdown);
+      scheduler.untrack(this);
     };
+    scheduler.track(this);
   }
 
   get signal(): AbortSignal {
