@@ -93,6 +93,45 @@ describe("OnnxSession", () => {
     }
   });
 
+  it("kept tensors stay with the session: runs naming them send nothing else; dropped ones are gone", async () => {
+    for (const inWorker of [true, false]) {
+      const session = await open(inWorker);
+      try {
+        const [input] = session.inputNames;
+        const [output] = session.outputNames;
+        const kept = features(4, 11);
+        session.keep("image-1", { [input]: { data: kept, dims: [1, 4, 64] } });
+        // Moved, not copied, to the worker.
+        if (inWorker) expect(kept.length).toBe(0);
+        const ref = projectReference(weights, features(4, 11));
+        const before = session.transfers();
+        for (let i = 0; i < 3; i++) {
+          const out = await session.run({}, { resident: "image-1" });
+          expect(maxAbsDiff(out[output].data as Float32Array, ref)).toBeLessThan(1e-4);
+        }
+        const after = session.transfers();
+        expect(after.runs - before.runs).toBe(3);
+        expect(after.inputBytes - before.inputBytes).toBe(0);
+        expect(after.keptBytes).toBe(4 * 64 * 4);
+        // Inputs given with the run win over kept ones of the same name.
+        const own = await session.run(
+          { [input]: { data: features(4, 12), dims: [1, 4, 64] } },
+          { resident: "image-1" },
+        );
+        expect(
+          maxAbsDiff(own[output].data as Float32Array, projectReference(weights, features(4, 12))),
+        ).toBeLessThan(1e-4);
+        session.drop("image-1");
+        await expect(session.run({}, { resident: "image-1" })).rejects.toMatchObject({
+          code: "internal",
+          details: { residentMissing: true },
+        });
+      } finally {
+        await session.dispose();
+      }
+    }
+  });
+
   it("dispose fails queued runs with aborted, waits for the worker, refuses later runs", async () => {
     for (const inWorker of [true, false]) {
       const session = await open(inWorker);

@@ -219,6 +219,36 @@ describe("miniature SAM graphs rebuilt from a PyTorch checkpoint", () => {
     }
   });
 
+  it("an image evicted from the cache is encoded again, and its clicks still work", async () => {
+    const probe = await SamSegmenter.load(dir, { device: "cpu", threads: 1 });
+    const scene = (i: number) => renderScene(generateScene(1000, i)).image;
+    const click = { points: [{ x: 100, y: 80, label: 1 as const }] };
+    const outcome = (r: unknown) => (r instanceof Error ? (r as { code?: string }).code : "mask");
+    let bytesPerImage: number;
+    try {
+      await probe.segment(scene(3), click).catch(() => undefined);
+      bytesPerImage = probe.cacheStats().bytes;
+    } finally {
+      await probe.dispose();
+    }
+    // Room for one image: every other image evicts the one before.
+    const segmenter = await SamSegmenter.load(dir, { device: "cpu", threads: 1, cacheBytes: bytesPerImage });
+    try {
+      const first: string[] = [];
+      for (const i of [3, 4, 3, 4, 3])
+        first.push(outcome(await segmenter.segment(scene(i), click).catch((e) => e)));
+      const stats = segmenter.cacheStats();
+      expect(stats.misses).toBe(5);
+      expect(stats.evictions).toBe(4);
+      expect(first.every((o) => o === "mask" || o === "segment_empty")).toBe(true);
+      // Same image, same click, same outcome after its embeddings were dropped and made again.
+      expect(first[0]).toBe(first[2]);
+      expect(first[2]).toBe(first[4]);
+    } finally {
+      await segmenter.dispose();
+    }
+  });
+
   it("SamSegmenter encodes an image once and decodes each further click from the cache", async () => {
     const segmenter = await SamSegmenter.load(dir, { device: "cpu", threads: 1 });
     try {
@@ -233,6 +263,11 @@ describe("miniature SAM graphs rebuilt from a PyTorch checkpoint", () => {
       expect(stats.misses).toBe(1);
       expect(stats.hits).toBe(1);
       expect(stats.entries).toBe(1);
+      // The embeddings crossed to the decoder's worker once; each click sent only its prompt.
+      const t = segmenter.decoderTransfers();
+      expect(t.runs).toBe(2);
+      expect(t.keptBytes).toBe(stats.bytes);
+      expect(t.inputBytes).toBeLessThan(100);
       // An untrained model may find nothing; either way the prompt reached the decoder.
       for (const r of [first, second]) {
         if (r instanceof Error) expect((r as { code?: string }).code).toBe("segment_empty");

@@ -420,6 +420,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
     return {
       conversations: this.conversations.size,
       cache: this.embedder.cacheStats(),
+      encoder: this.embedder.batchStats(),
       ...(this.segmenter ? { segmenterCache: this.segmenter.cacheStats() } : {}),
       ...(this.classifier ? { textCache: this.classifier.cacheStats() } : {}),
     };

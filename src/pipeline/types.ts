@@ -1,4 +1,5 @@
 import type { ByteLruStats } from "../common/lru-cache.js";
+import type { EncodeBatcherStats } from "./encode-batcher.js";
 import type { ClassifyResult } from "./region-classifier.js";
 import type { RegionEmbeddings } from "./region-embedder.js";
 import type { AnswerResult, Conversation, GenerationOptions, Turn } from "../llm/types.js";
@@ -55,6 +56,8 @@ export interface PipelineStats {
   segmenterCache?: ByteLruStats;
   /** The text-feature cache, when a text tower is loaded. */
   textCache?: ByteLruStats;
+  /** Vision-encoder runs, and the requests and regions they served (fewer runs than requests: batched). */
+  encoder?: EncodeBatcherStats;
 }
 
 export type { SegmentOptions } from "../segmenter/types.js";

@@ -372,6 +372,11 @@ export class SamSegmenter {
     };
   }
 
+  /** What crossed to the decoder: embeddings once per image (`keptBytes`), then only prompts per click. */
+  decoderTransfers(): { runs: number; inputBytes: number; keptBytes: number } {
+    return this.decoder.transfers();
+  }
+
   cacheStats(): ByteLruStats {
     return this.cache.stats();
   }

@@ -75,6 +75,7 @@ export class OnnxSession {
   private tail: Promise<unknown> = Promise.resolve();
   /** Runs not settled yet, to fail them all at once when one overruns. */
   private readonly outstanding = new Set<(err: RegionVqaError) => void>();
+  private readonly counts = { runs: 0, inputBytes: 0, keptBytes: 0 };
 
   private constructor(
     readonly label: string,
@@ -132,7 +133,13 @@ export class OnnxSession {
    */
   keep(key: string, tensors: Outputs): void {
     if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
+    this.counts.keptBytes += tensorBytes(tensors);
     this.transport.keep(key, tensors);
+  }
+
+  /** Runs made and bytes of inputs handed to the session (per run, and kept for later runs). */
+  transfers(): { runs: number; inputBytes: number; keptBytes: number } {
+    return { ...this.counts };
   }
 
   /** Forgets the tensors kept under `key`, after the runs submitted before. */
@@ -149,6 +156,8 @@ export class OnnxSession {
   async run(inputs: Outputs, options: { resident?: string } = {}): Promise<Outputs> {
     if (this.disposed) throw new RegionVqaError("aborted", `${this.label} was disposed`);
     if (this.failure) throw this.failure;
+    this.counts.runs++;
+    this.counts.inputBytes += tensorBytes(inputs);
     const started = this.tail;
     const result = this.transport.run(inputs, options.resident);
     this.tail = result.catch(() => undefined);
@@ -198,6 +207,10 @@ export class OnnxSession {
   get workerThreadId(): number | undefined {
     return this.transport.worker?.threadId;
   }
+}
+
+function tensorBytes(tensors: Outputs): number {
+  return Object.values(tensors).reduce((n, t) => n + t.data.byteLength, 0);
 }
 
 async function inProcessTransport(spec: OrtSessionSpec): Promise<{ ready: Ready; transport: Transport }> {
