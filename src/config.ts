@@ -146,6 +146,22 @@ export const environmentVariables: Array<{ name: string; field: string; help: st
   { name: "REGION_VQA_THREADS", field: "model.visionThreads", help: "ONNX Runtime threads" },
   { name: "REGION_VQA_LLM_THREADS", field: "model.llmThreads", help: "llama.cpp threads" },
   { name: "REGION_VQA_CONTEXT_SIZE", field: "model.contextSize", help: "LLM context per conversation" },
+  {
+    name: "REGION_VQA_IMAGING_THREADS",
+    field: "model.imagingThreads",
+    help: "threads per imaging job (default: REGION_VQA_THREADS, else up to 4)",
+  },
+  { name: "REGION_VQA_IMAGING_JOBS", field: "model.imagingJobs", help: "imaging jobs at once (default 2)" },
+  {
+    name: "REGION_VQA_ENCODER_BATCH",
+    field: "model.encoderBatchRegions",
+    help: "most regions per vision-encoder run across requests (1 = off; default 1 on the CPU, 16 on GPUs)",
+  },
+  {
+    name: "REGION_VQA_ENCODER_BATCH_WAIT_MS",
+    field: "model.encoderBatchWaitMs",
+    help: "how long a request waits for others to batch with (default 0)",
+  },
   { name: "REGION_VQA_API_KEY", field: "apiKey", help: "bearer key required on /v1/* (off when unset)" },
   {
     name: "REGION_VQA_CORS_ORIGINS",
@@ -245,6 +261,10 @@ const numericFields = new Set([
   "model.visionThreads",
   "model.llmThreads",
   "model.contextSize",
+  "model.imagingThreads",
+  "model.imagingJobs",
+  "model.encoderBatchRegions",
+  "model.encoderBatchWaitMs",
   "limits.maxBodyBytes",
   "limits.maxImagePixels",
   "limits.maxRegions",
@@ -355,11 +375,21 @@ function validate(config: ServerConfig): ServerConfig {
   if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
     problems.push(`port must be 0..65535, got ${config.port}`);
   }
-  for (const key of ["visionThreads", "llmThreads", "contextSize"] as const) {
+  for (const key of [
+    "visionThreads",
+    "llmThreads",
+    "contextSize",
+    "imagingThreads",
+    "imagingJobs",
+    "encoderBatchRegions",
+  ] as const) {
     const v = config.model[key];
     if (v !== undefined && (!Number.isInteger(v) || v < 1))
       problems.push(`model.${key} must be a whole number >= 1`);
   }
+  const wait = config.model.encoderBatchWaitMs;
+  if (wait !== undefined && (!Number.isInteger(wait) || wait < 0))
+    problems.push("model.encoderBatchWaitMs must be a whole number >= 0");
   const { device, gpu } = config.model;
   if (device !== undefined && !ORT_DEVICES.includes(device))
     problems.push(`model.device must be ${ORT_DEVICES.join(", ")}`);

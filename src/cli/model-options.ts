@@ -1,4 +1,5 @@
 import { Command, Option } from "commander";
+import { ImagingPool } from "../common/imaging/pool.js";
 import { ORT_DEVICES } from "../common/ort/index.js";
 import { LLM_GPUS } from "../llm/index.js";
 import type { ModelConfig } from "../models/index.js";
@@ -19,6 +20,10 @@ export interface ModelCliOptions {
   threads?: string;
   llmThreads?: string;
   contextSize?: string;
+  imagingThreads?: string;
+  imagingJobs?: string;
+  encoderBatch?: string;
+  encoderBatchWaitMs?: string;
 }
 
 /**
@@ -57,7 +62,27 @@ export function addModelOptions(cmd: Command): Command {
     )
     .option("--threads <n>", "ONNX Runtime threads (default: all cores)")
     .option("--llm-threads <n>", "llama.cpp threads (default 1; more only on a machine with idle cores)")
-    .option("--context-size <n>", "LLM context positions per conversation");
+    .option("--context-size <n>", "LLM context positions per conversation")
+    .option(
+      "--imaging-threads <n>",
+      "threads one imaging job (decode, preprocessing, masks) splits a large image across (default: --threads, else up to 4)",
+    )
+    .option("--imaging-jobs <n>", "imaging jobs at once; more wait in order (default 2)")
+    .option(
+      "--encoder-batch <n>",
+      "most regions of several requests in one vision-encoder run (default 1 = off on the CPU, 16 on GPUs)",
+    )
+    .option("--encoder-batch-wait-ms <ms>", "how long a request waits for others to batch with (default 0)");
+}
+
+/**
+ * The process's imaging pool from the engine settings: threads per job follow --imaging-threads, else
+ * --threads (ONNX Runtime's), else the default.
+ */
+export function configureImaging(model: ModelConfig): ImagingPool {
+  const threads = model.imagingThreads ?? model.visionThreads;
+  if (threads === undefined && model.imagingJobs === undefined) return ImagingPool.shared();
+  return ImagingPool.configureShared({ threads, concurrency: model.imagingJobs });
 }
 
 /** Model flags -> typed values, each number checked with its flag's name before anything loads. */
@@ -74,6 +99,13 @@ export function modelConfigFromFlags(opts: ModelCliOptions): ModelConfig {
     visionThreads: numberFlag(opts.threads, "--threads", positiveInteger),
     llmThreads: numberFlag(opts.llmThreads, "--llm-threads", positiveInteger),
     contextSize: numberFlag(opts.contextSize, "--context-size", positiveInteger),
+    imagingThreads: numberFlag(opts.imagingThreads, "--imaging-threads", positiveInteger),
+    imagingJobs: numberFlag(opts.imagingJobs, "--imaging-jobs", positiveInteger),
+    encoderBatchRegions: numberFlag(opts.encoderBatch, "--encoder-batch", positiveInteger),
+    encoderBatchWaitMs: numberFlag(opts.encoderBatchWaitMs, "--encoder-batch-wait-ms", {
+      min: 0,
+      integer: true,
+    }),
   };
 }
 

@@ -45,10 +45,20 @@ export interface ModelConfig {
   llmThreads?: number;
   /** LLM context positions per conversation. */
   contextSize?: number;
+  /** Threads one imaging job (decode, preprocessing, masks) splits a large image across (default: visionThreads, else min(4, cores)). */
+  imagingThreads?: number;
+  /** Imaging jobs at once; more wait in order (default 2). */
+  imagingJobs?: number;
+  /** Most regions of several requests in one vision-encoder run (default 1 on the CPU = off, 16 on GPUs). */
+  encoderBatchRegions?: number;
+  /** How long a request reaching an idle encoder waits for others to batch with, in ms (default 0). */
+  encoderBatchWaitMs?: number;
 }
 
 /** The model part of the pipeline's options. */
-export interface ModelPipelineOptions extends Omit<ModelConfig, "preset"> {
+export interface ModelPipelineOptions
+  extends Omit<ModelConfig, "preset" | "imagingThreads" | "imagingJobs" | "encoderBatchRegions" | "encoderBatchWaitMs"> {
+  encoderBatch?: { maxRegions?: number; maxWaitMs?: number };
   vision: string;
   llm: string;
   /** Name shown to API clients. */
@@ -57,12 +67,14 @@ export interface ModelPipelineOptions extends Omit<ModelConfig, "preset"> {
 
 /** A model choice -> the model part of PipelineOptions. Explicit files win over a preset; nothing = bundled. */
 export async function resolveModelOptions(model: ModelConfig): Promise<ModelPipelineOptions> {
+  const batch = { maxRegions: model.encoderBatchRegions, maxWaitMs: model.encoderBatchWaitMs };
   const engine = {
     device: model.device,
     gpu: model.gpu,
     visionThreads: model.visionThreads,
     llmThreads: model.llmThreads,
     contextSize: model.contextSize,
+    ...(batch.maxRegions !== undefined || batch.maxWaitMs !== undefined ? { encoderBatch: batch } : {}),
   };
   if (model.vision || model.llm) {
     if (!model.vision || !model.llm) {

@@ -1,6 +1,11 @@
 import { Command } from "commander";
 import { createPipeline } from "../../pipeline/index.js";
-import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  configureImaging,
+  modelConfigFromFlags,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
@@ -48,6 +53,8 @@ export function register(program: Command): void {
         "--point x,y (repeatable; x,y,0 excludes) makes the region with the segmenter (SAM).",
     )
     .action(async (opts: AskCliOptions) => {
+      const modelConfig = modelConfigFromFlags(opts);
+      configureImaging(modelConfig);
       const log = (m: string): void => {
         if (opts.verbose) process.stderr.write(`${m}\n`);
       };
@@ -61,7 +68,7 @@ export function register(program: Command): void {
       };
       const [{ image, region }, models] = await Promise.all([
         readImageAndRegion(opts),
-        resolveModelOptions(modelConfigFromFlags(opts)),
+        resolveModelOptions(modelConfig),
       ]);
       const t0 = performance.now();
       const pipeline = await createPipeline({

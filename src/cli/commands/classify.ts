@@ -2,7 +2,12 @@ import { Command } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
 import { resolveModelOptions } from "../../models/index.js";
 import { createPipeline } from "../../pipeline/index.js";
-import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  configureImaging,
+  modelConfigFromFlags,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { addRegionOptions, readImageAndRegion, type RegionCliOptions } from "../region-args.js";
 
 interface ClassifyCliOptions extends ModelCliOptions, RegionCliOptions {
@@ -31,10 +36,12 @@ export function register(program: Command): void {
     )
     .option("--json", "print the full result as JSON")
     .action(async (opts: ClassifyCliOptions) => {
+      const modelConfig = modelConfigFromFlags(opts);
+      configureImaging(modelConfig);
       if (!opts.label?.length) throw new RegionVqaError("labels_invalid", "Give at least one --label.");
       const [{ image, region }, models] = await Promise.all([
         readImageAndRegion(opts),
-        resolveModelOptions(modelConfigFromFlags(opts)),
+        resolveModelOptions(modelConfig),
       ]);
       const pipeline = await createPipeline({
         ...models,

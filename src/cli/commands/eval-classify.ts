@@ -2,7 +2,12 @@ import { Command } from "commander";
 import { resolveModelOptions } from "../../models/index.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { evaluateClassification } from "../../shapes/index.js";
-import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  configureImaging,
+  modelConfigFromFlags,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { numberFlag } from "../number-flag.js";
 
 interface EvalClassifyCliOptions extends ModelCliOptions {
@@ -30,9 +35,11 @@ export function register(program: Command): void {
     .option("--template <text>", 'label template (default "a photo of a {}.")')
     .option("--json", "print the result as JSON")
     .action(async (opts: EvalClassifyCliOptions) => {
+      const modelConfig = modelConfigFromFlags(opts);
+      configureImaging(modelConfig);
       const scenes = numberFlag(opts.scenes, "--scenes", { min: 1, max: 100000, integer: true })!;
       const seed = numberFlag(opts.seed, "--seed", { min: 0, max: 0xffffffff, integer: true })!;
-      const models = await resolveModelOptions(modelConfigFromFlags(opts));
+      const models = await resolveModelOptions(modelConfig);
       const pipeline = await createPipeline({ ...models, segmenter: undefined, maxConversations: 1 });
       try {
         const result = await evaluateClassification(pipeline, { scenes, seed, template: opts.template });

@@ -2,7 +2,12 @@ import { Command } from "commander";
 import { RegionVqaError } from "../../common/errors.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { QUESTION_TYPES, evaluateShapes, type QuestionType } from "../../shapes/index.js";
-import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  configureImaging,
+  modelConfigFromFlags,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 
@@ -33,6 +38,8 @@ export function register(program: Command): void {
     .option("--json", "print the result as JSON")
     .option("--verbose", "print every question and answer to stderr")
     .action(async (opts: EvalShapesCliOptions) => {
+      const modelConfig = modelConfigFromFlags(opts);
+      configureImaging(modelConfig);
       const scenes = numberFlag(opts.scenes, "--scenes", { min: 1, max: 100000, integer: true })!;
       const seed = numberFlag(opts.seed, "--seed", { min: 0, max: 0xffffffff, integer: true })!;
       if (opts.region !== "mask" && opts.region !== "box") {
@@ -49,7 +56,7 @@ export function register(program: Command): void {
           );
         }
       }
-      const models = await resolveModelOptions(modelConfigFromFlags(opts));
+      const models = await resolveModelOptions(modelConfig);
       // Boxes and masks only: neither the segmenter nor the text tower is needed.
       const pipeline = await createPipeline({
         ...models,

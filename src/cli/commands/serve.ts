@@ -4,7 +4,12 @@ import { RegionVqaError } from "../../common/errors.js";
 import { environmentVariables, loadConfig, type ServerConfig, type ServerConfigInput } from "../../config.js";
 import { createPipeline } from "../../pipeline/index.js";
 import { RedisSharedState } from "../../shared-state/index.js";
-import { addModelOptions, modelConfigFromFlags, type ModelCliOptions } from "../model-options.js";
+import {
+  addModelOptions,
+  configureImaging,
+  modelConfigFromFlags,
+  type ModelCliOptions,
+} from "../model-options.js";
 import { resolveModelOptions } from "../../models/index.js";
 import { numberFlag } from "../number-flag.js";
 
@@ -68,6 +73,8 @@ export async function pipelineFromConfig(
   const limits = config.limits;
   return createPipeline({
     ...models,
+    // The same pool bounds the API's own decoding and mask work.
+    imaging: configureImaging(config.model),
     maxRegions: limits.maxRegions,
     maxQuestionChars: limits.maxQuestionChars,
     maxConversations: limits.maxConversations,
