@@ -279,7 +279,49 @@ describe("the pool", () => {
     );
     expect(peak).toBe(2);
     expect(order).toEqual([0, 1, 2, 3, 4, 5]);
-    expect(pool.stats()).toEqual({ active: 0, waiting: 0, completed: 6 });
+    expect(pool.stats()).toEqual({ active: 0, kernels: 0, waiting: 0, completed: 6 });
+  });
+
+  it("native kernels write every output value (outputs come unzeroed)", async () => {
+    const addon = loadNativeImaging().addon!;
+    const W = 37;
+    const H = 23;
+    const dirty = (n: number) => new Uint8Array(n).fill(0xab);
+    const poly = dirty(W * H);
+    const polygons = [[3, 2, 30, 5, 12, 20]];
+    await addon.polygons({
+      coords: Float64Array.from(polygons[0]),
+      ringStarts: Int32Array.of(0, 6),
+      width: W,
+      height: H,
+      out: poly,
+      threads: 2,
+    });
+    expect(same(poly, regionToMask({ kind: "polygon", polygons }, W, H).data)).toBe(true);
+    const rle = dirty(W * H);
+    await addon.rle({
+      counts: Float64Array.of(100, 300, W * H - 400),
+      width: W,
+      height: H,
+      out: rle,
+      threads: 2,
+    });
+    expect(
+      same(
+        rle,
+        regionToMask({ kind: "rle", rle: { size: [H, W], counts: [100, 300, W * H - 400] } }, W, H).data,
+      ),
+    ).toBe(true);
+    const box = dirty(W * H);
+    expect(
+      await addon.fill({ out: box, width: W, height: H, left: 2, top: 3, right: 9, bottom: 7, threads: 1 }),
+    ).toBe(28);
+    expect(same(box, regionToMask({ kind: "box", box: [2, 3, 9, 7] }, W, H).data)).toBe(true);
+    const planes = new Float32Array(3 * 40 * 40).fill(7);
+    const src = bytes(W * H * 3, 4);
+    const lut = Float32Array.from({ length: 768 }, (_, i) => i);
+    await addon.planes({ src, width: W, height: H, lut, frame: 40, out: planes, threads: 2 });
+    expect(same(planes, await toPlanes(typescript, src, W, H, lut, 40))).toBe(true);
   });
 
   it("native arguments of the wrong size are refused with a RangeError, not a crash", async () => {

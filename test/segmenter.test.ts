@@ -223,7 +223,8 @@ describe("miniature SAM graphs rebuilt from a PyTorch checkpoint", () => {
     const probe = await SamSegmenter.load(dir, { device: "cpu", threads: 1 });
     const scene = (i: number) => renderScene(generateScene(1000, i)).image;
     const click = { points: [{ x: 100, y: 80, label: 1 as const }] };
-    const outcome = (r: unknown) => (r instanceof Error ? (r as { code?: string }).code : "mask");
+    const outcome = (r: unknown): string =>
+      r instanceof Error ? String((r as { code?: string }).code) : "mask";
     let bytesPerImage: number;
     try {
       await probe.segment(scene(3), click).catch(() => undefined);

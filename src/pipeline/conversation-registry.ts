@@ -8,7 +8,8 @@
 import { randomUUID } from "node:crypto";
 import { isRegionVqaError, RegionVqaError } from "../common/errors.js";
 import { checkQuestion } from "../common/limits.js";
-import type { AnswerStream, Conversation, GenerationOptions, LlavaModel, Turn } from "../llm/index.js";
+import type { AnswerStream, Conversation, GenerationOptions, Turn } from "../llm/index.js";
+import type { ConversationEngine } from "./ports.js";
 import type { ResolvedPipelineOptions } from "./options.js";
 import type { RegionEmbeddings } from "./region-embedder.js";
 
@@ -60,7 +61,7 @@ export class ConversationRegistry {
   private readonly sweepTimer: NodeJS.Timeout;
 
   constructor(
-    private readonly llm: LlavaModel,
+    private readonly llm: ConversationEngine,
     private readonly options: RegistryOptions,
   ) {
     const ttl = options.conversationTtlMs;

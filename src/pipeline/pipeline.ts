@@ -20,6 +20,7 @@ import { checkLabels, l2Normalize, RegionClassifier, type ClassifyResult } from 
 import { CONVERSATION_ID_PATTERN, ConversationRegistry } from "./conversation-registry.js";
 import { resolvePipelineOptions, type PipelineOptions, type ResolvedPipelineOptions } from "./options.js";
 import { RegionEmbedder, type RegionEmbeddings } from "./region-embedder.js";
+import type { ConversationEngine, RegionEncoder } from "./ports.js";
 import type {
   ModelsInfo,
   OpenConversationOptions,
@@ -47,7 +48,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
   private constructor(
     private readonly options: ResolvedPipelineOptions,
     private readonly embedder: RegionEmbedder,
-    private readonly llm: LlavaModel,
+    private readonly llm: ConversationEngine,
     private readonly conversations: ConversationRegistry,
     private readonly segmenter: SamSegmenter | undefined,
     private readonly classifier: RegionClassifier | undefined,
@@ -135,6 +136,28 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
       segmenter,
       classifier,
       conversationModels,
+    );
+  }
+
+  /**
+   * The pipeline over engines made elsewhere instead of model files: a fused vision encoder (LLM-ready
+   * embeddings out) and a language model. For benchmarks of the server itself (bench/ceiling.ts runs
+   * instant stand-ins of the real shapes); no segmenter, text tower or shared state.
+   */
+  static fromEngines(
+    options: Omit<PipelineOptions, "vision" | "llm"> & { modelId?: string },
+    engines: { encoder: RegionEncoder; llm: ConversationEngine },
+  ): LocalRegionVqaPipeline {
+    const o = resolvePipelineOptions({ ...options, vision: "(engine)", llm: "(engine)" });
+    const embedder = RegionEmbedder.over(o, engines.encoder, `engines:${engines.encoder.device}`);
+    return new LocalRegionVqaPipeline(
+      o,
+      embedder,
+      engines.llm,
+      new ConversationRegistry(engines.llm, o),
+      undefined,
+      undefined,
+      `engines:${engines.encoder.device}|${engines.llm.device}`,
     );
   }
 

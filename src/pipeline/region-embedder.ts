@@ -31,6 +31,7 @@ import {
   type EncodeBatcherStats,
 } from "./encode-batcher.js";
 import type { PipelineStage, ResolvedPipelineOptions } from "./options.js";
+import type { RegionEncoder } from "./ports.js";
 
 /** Projected image embeddings of one region, ready for the LLM: `count` rows of n_embd, row-major. */
 export interface RegionEmbeddings {
@@ -95,7 +96,7 @@ export class RegionEmbedder {
 
   private constructor(
     private readonly options: EmbedderOptions,
-    private readonly encoder: AlphaClipEncoder,
+    private readonly encoder: RegionEncoder,
     private readonly projector: LlavaProjector | undefined,
     /**
      * Cache keys start with the models' content fingerprint (not their paths), so swapped models never
@@ -146,6 +147,14 @@ export class RegionEmbedder {
       await encoder.dispose().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Over an encoder made elsewhere (a fused one: it outputs LLM-ready embeddings), e.g. a benchmark's
+   * stand-in. `modelKey` prefixes its cache keys.
+   */
+  static over(options: EmbedderOptions, encoder: RegionEncoder, modelKey: string): RegionEmbedder {
+    return new RegionEmbedder(options, encoder, undefined, modelKey, undefined);
   }
 
   /** Where the encoder (and the projector) run. */

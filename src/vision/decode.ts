@@ -160,7 +160,11 @@ export async function decodeImage(
   const hashing = bytes instanceof Uint8Array && bytes.length > 0 ? sha256Hex(pool, bytes) : undefined;
   hashing?.catch(() => undefined);
   const raw = await decodeRaw(bytes, limits, IMAGE_ERRORS, pool);
-  const { rgb, alpha } = await splitPixels(pool, raw.data, raw.channels);
+  // RGB as sharp returned it is already our layout: no copy of a 36 MB photo.
+  const { rgb, alpha } =
+    raw.channels === 3
+      ? { rgb: new Uint8Array(raw.data.buffer, raw.data.byteOffset, raw.data.length), alpha: undefined }
+      : await splitPixels(pool, raw.data, raw.channels);
   return {
     width: raw.width,
     height: raw.height,

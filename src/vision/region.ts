@@ -4,7 +4,7 @@
  * the event loop), checking their input with the same errors first.
  */
 import { RegionVqaError } from "../common/errors.js";
-import { thresholdBytes } from "../common/imaging/kernels.js";
+import { thresholdBytes, uninitializedBytes } from "../common/imaging/kernels.js";
 import { ImagingPool } from "../common/imaging/pool.js";
 import { checkPolygons, rasterizePolygons } from "./polygon.js";
 import { decodeRle, rleRunLengths } from "./rle.js";
@@ -160,6 +160,18 @@ function unknownKind(region: unknown): RegionVqaError {
   );
 }
 
+/**
+ * Masks made by the `...Async` functions: 0/1 and of the size they say. Passed in again (the API
+ * checks regions, then the pipeline does), they are used as they are instead of being checked and
+ * copied a second time. Masks are treated as immutable once made.
+ */
+const checkedMasks = new WeakSet<Uint8Array>();
+
+function checkedMask(width: number, height: number, data: Uint8Array): Mask {
+  checkedMasks.add(data);
+  return { width, height, data };
+}
+
 /** `alphaToMask` as a job of `pool` (off the event loop with the native addon). */
 export async function alphaToMaskAsync(
   alpha: Uint8Array,
@@ -168,8 +180,33 @@ export async function alphaToMaskAsync(
   pool: ImagingPool = ImagingPool.shared(),
 ): Promise<Mask> {
   if (alpha.length !== width * height) alphaToMask(alpha, width, height); // throws mask_size_mismatch
-  const { data } = await thresholdBytes(pool, alpha, ALPHA_REGION_THRESHOLD);
-  return { width, height, data };
+  const { data, area } = await thresholdBytes(pool, alpha, ALPHA_REGION_THRESHOLD);
+  // Only a non-empty one may skip regionToMaskAsync's emptiness check later.
+  return area > 0 ? checkedMask(width, height, data) : { width, height, data };
+}
+
+/** A mask of 1 inside the pixel rectangle [left, right) x [top, bottom): a box, or the whole image. */
+function rectangleMask(
+  pool: ImagingPool,
+  width: number,
+  height: number,
+  left: number,
+  top: number,
+  right: number,
+  bottom: number,
+): Promise<{ data: Uint8Array; area: number }> {
+  return pool.run(
+    async (addon, threads) => {
+      const data = uninitializedBytes(width * height);
+      const area = await addon.fill({ out: data, width, height, left, top, right, bottom, threads });
+      return { data, area };
+    },
+    () => {
+      const data = new Uint8Array(width * height);
+      for (let y = top; y < bottom; y++) data.fill(1, y * width + left, y * width + right);
+      return { data, area: Math.max(0, right - left) * Math.max(0, bottom - top) };
+    },
+  );
 }
 
 /**
@@ -188,26 +225,29 @@ export async function regionToMaskAsync(
   let area: number;
   switch (region.kind) {
     case "whole":
-      return { width, height, data: new Uint8Array(width * height).fill(1) };
+      ({ data } = await rectangleMask(pool, width, height, 0, 0, width, height));
+      return { width, height, data };
     case "mask": {
       checkMaskShape(region.mask, width, height);
+      if (checkedMasks.has(region.mask.data)) {
+        // Made here before, and found non-empty then (an empty one was refused).
+        return region.mask;
+      }
       ({ data, area } = await thresholdBytes(pool, region.mask.data, 1));
       break;
     }
     case "box": {
       const { xFrom, xTo, yFrom, yTo } = boxPixels(region.box, width, height);
-      data = new Uint8Array(width * height);
-      for (let y = yFrom; y < yTo; y++) data.fill(1, y * width + xFrom, y * width + xTo);
-      area = Math.max(0, xTo - xFrom) * Math.max(0, yTo - yFrom);
+      ({ data, area } = await rectangleMask(pool, width, height, xFrom, yFrom, xTo, yTo));
       break;
     }
     case "polygon": {
       const polygons = region.polygons;
       checkPolygons(polygons);
-      data = new Uint8Array(width * height);
-      const out = data;
+      let out: Uint8Array = new Uint8Array(0);
       area = await pool.run(
         (addon, threads) => {
+          out = uninitializedBytes(width * height);
           const ringStarts = new Int32Array(polygons.length + 1);
           polygons.forEach((p, i) => (ringStarts[i + 1] = ringStarts[i] + p.length));
           const coords = new Float64Array(ringStarts[polygons.length]);
@@ -215,24 +255,28 @@ export async function regionToMaskAsync(
           return addon.polygons({ coords, ringStarts, width, height, out, threads });
         },
         () => {
-          out.set(rasterizePolygons(polygons, width, height).data);
+          out = rasterizePolygons(polygons, width, height).data;
           return countOnes({ width, height, data: out });
         },
       );
+      data = out;
       break;
     }
     case "rle": {
       const counts = rleRunLengths(region.rle, width, height);
-      data = new Uint8Array(width * height);
-      const out = data;
       const rle = region.rle;
+      let out: Uint8Array = new Uint8Array(0);
       area = await pool.run(
-        (addon, threads) => addon.rle({ counts: Float64Array.from(counts), width, height, out, threads }),
+        (addon, threads) => {
+          out = uninitializedBytes(width * height);
+          return addon.rle({ counts: Float64Array.from(counts), width, height, out, threads });
+        },
         () => {
-          out.set(decodeRle(rle, width, height).data);
+          out = decodeRle(rle, width, height).data;
           return countOnes({ width, height, data: out });
         },
       );
+      data = out;
       break;
     }
     case "points":
@@ -241,5 +285,5 @@ export async function regionToMaskAsync(
       throw unknownKind(region);
   }
   if (area === 0) throw emptyRegion(region.kind, width, height);
-  return { width, height, data };
+  return checkedMask(width, height, data);
 }

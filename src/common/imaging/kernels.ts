@@ -17,6 +17,21 @@ export type PixelKind = "grey" | "rgb" | "mask";
 
 const NATIVE_KIND: Record<PixelKind, NativePixelKind> = { grey: 1, rgb: 3, mask: 4 };
 
+/**
+ * An output for a native kernel, which writes every value: not zeroed, because zeroing a 12-36 MB
+ * array (glibc's calloc on reused memory) would run on the event loop.
+ */
+export function uninitializedBytes(n: number): Uint8Array {
+  const b = Buffer.allocUnsafeSlow(n);
+  return new Uint8Array(b.buffer, b.byteOffset, n);
+}
+
+/** `uninitializedBytes` for float32 outputs. */
+export function uninitializedFloats(n: number): Float32Array {
+  const b = Buffer.allocUnsafeSlow(n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
+
 /** The image placed at (left, top) on a canvas filled with `color` (LLaVA's expand2square). */
 export interface Canvas {
   width: number;
@@ -77,7 +92,7 @@ export function resample(pool: ImagingPool, spec: ResampleSpec): Promise<Uint8Ar
   const channels = spec.kind === "grey" ? 1 : 3;
   return pool.run(
     async (addon, threads) => {
-      const out = new Uint8Array(spec.outWidth * spec.outHeight * channels);
+      const out = uninitializedBytes(spec.outWidth * spec.outHeight * channels);
       await addon.resample({
         src: spec.src,
         kind: NATIVE_KIND[spec.kind],
@@ -112,7 +127,7 @@ export function toPlanes(
 ): Promise<Float32Array> {
   return pool.run(
     async (addon, threads) => {
-      const out = new Float32Array(3 * frame * frame);
+      const out = uninitializedFloats(3 * frame * frame);
       await addon.planes({ src, width, height, lut, frame, out, threads });
       return out;
     },
@@ -153,7 +168,7 @@ export function bilinearResize(
   const window = windowOf(input);
   return pool.run(
     async (addon, threads) => {
-      const out = new Float32Array(outWidth * outHeight);
+      const out = uninitializedFloats(outWidth * outHeight);
       await addon.bilinear({
         src: input.src,
         stride: input.stride,
@@ -180,7 +195,7 @@ export function bilinearMask(
   const window = windowOf(input);
   return pool.run(
     async (addon, threads) => {
-      const data = new Uint8Array(outWidth * outHeight);
+      const data = uninitializedBytes(outWidth * outHeight);
       const area = await addon.bilinear({
         src: input.src,
         stride: input.stride,
@@ -217,7 +232,7 @@ export function thresholdBytes(
 ): Promise<{ data: Uint8Array; area: number }> {
   return pool.run(
     async (addon, threads) => {
-      const data = new Uint8Array(src.length);
+      const data = uninitializedBytes(src.length);
       const area = await addon.threshold({ src, threshold, one, out: data, threads });
       return { data, area };
     },
@@ -248,8 +263,8 @@ export function splitPixels(
   const hasAlpha = channels === 2 || channels === 4;
   return pool.run(
     async (addon, threads) => {
-      const rgb = new Uint8Array(n * 3);
-      const alpha = hasAlpha ? new Uint8Array(n) : undefined;
+      const rgb = uninitializedBytes(n * 3);
+      const alpha = hasAlpha ? uninitializedBytes(n) : undefined;
       await addon.split({ src, channels, rgb, alpha, threads });
       return { rgb, alpha };
     },
@@ -281,7 +296,7 @@ export function pixelsToMask(
   const n = src.length / channels;
   return pool.run(
     async (addon, threads) => {
-      const data = new Uint8Array(n);
+      const data = uninitializedBytes(n);
       const area = await addon.pixelMask({ src, channels, out: data, threads });
       return { data, area };
     },

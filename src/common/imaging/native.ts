@@ -78,7 +78,7 @@ export interface NativeImaging {
     out: Uint8Array;
     threads: number;
   }): Promise<number>;
-  /** Even-odd polygon rings, united, into a zeroed mask; resolves its area. */
+  /** Even-odd polygon rings, united, into a mask; resolves its area. */
   polygons(o: {
     coords: Float64Array;
     ringStarts: Int32Array;
@@ -87,12 +87,23 @@ export interface NativeImaging {
     out: Uint8Array;
     threads: number;
   }): Promise<number>;
-  /** COCO run lengths (checked to cover the image) into a zeroed mask; resolves its area. */
+  /** COCO run lengths (checked to cover the image) into a mask; resolves its area. */
   rle(o: {
     counts: Float64Array;
     width: number;
     height: number;
     out: Uint8Array;
+    threads: number;
+  }): Promise<number>;
+  /** 1 inside the pixel rectangle [left, right) x [top, bottom), 0 elsewhere; resolves the area. */
+  fill(o: {
+    out: Uint8Array;
+    width: number;
+    height: number;
+    left: number;
+    top: number;
+    right: number;
+    bottom: number;
     threads: number;
   }): Promise<number>;
   /** A 0/1 mask's COCO run lengths (column-major, background first). */

@@ -2,6 +2,7 @@
  * The worker thread that owns one ONNX Runtime session (protocol in `protocol.ts`). Session creation
  * and runs block their thread for seconds with a ViT-L, so they must not run on the main event loop.
  */
+import os from "node:os";
 import { parentPort, workerData } from "node:worker_threads";
 import type * as ort from "onnxruntime-node";
 import type { HostMessage, OwnerMessage } from "./protocol.js";
@@ -16,8 +17,16 @@ import {
   type WireTensor,
 } from "./session.js";
 
+const MODEL_THREAD_NICE = 10;
 const port = parentPort;
 if (!port) throw new Error("worker-host must run as a worker thread");
+// Below the event loop's priority (Linux: per thread, inherited by ONNX Runtime's pool threads made
+// from here): with every core busy, the thread that answers requests and streams is scheduled first.
+try {
+  os.setPriority(0, Math.max(os.getPriority(0), MODEL_THREAD_NICE));
+} catch {
+  // Not permitted here: the session runs at the process's priority.
+}
 const spec = workerData as OrtSessionSpec;
 const post = (message: HostMessage, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
 
