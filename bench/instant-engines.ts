@@ -6,6 +6,7 @@
  * them, what a request costs is what the server itself costs: HTTP, JSON, decoding, hashing, masks,
  * preprocessing, caches. Never used by tests in place of the real models.
  */
+import { uninitializedFloats } from "../src/common/imaging/kernels.js";
 import type { AnswerResult, AnswerStream, Conversation, GenerationOptions, Turn } from "../src/llm/types.js";
 import type { ConversationEngine, RegionEncoder } from "../src/pipeline/ports.js";
 import type { EncoderInput, EncoderOutput } from "../src/vision/index.js";
@@ -35,9 +36,11 @@ export function instantEncoder(): RegionEncoder & { runs: number } {
     async encode(input: EncoderInput): Promise<EncoderOutput> {
       encoder.runs++;
       const n = input.alpha.shape[0];
+      // Unzeroed, like the real encoder's outputs, which arrive from its worker (a transfer, not an
+      // allocation on the event loop).
       return {
-        projected: { data: new Float32Array(n * ROWS * N_EMBD), shape: [n, ROWS, N_EMBD] },
-        imageEmbed: { data: new Float32Array(n * EMBED), shape: [n, EMBED] },
+        projected: { data: uninitializedFloats(n * ROWS * N_EMBD), shape: [n, ROWS, N_EMBD] },
+        imageEmbed: { data: uninitializedFloats(n * EMBED), shape: [n, EMBED] },
       };
     },
     async dispose(): Promise<void> {},

@@ -233,8 +233,15 @@ export class RegionEmbedder {
     const embedWidth = embed ? embed.shape[1] : 0;
     splitBatch(projected!).forEach((block, j) => {
       const i = todo[j];
-      // Own copy per region so that evicting or transferring one never touches another.
-      let own: RegionEmbeddings = { data: block.data.slice(), count: block.count, key: keys[i] };
+      // Own copy per region so that evicting or transferring one never touches another; a block that
+      // is the whole buffer (one region per run: the usual case) is its own already (576 x 4096
+      // floats are 9.4 MB: a copy costs the event loop milliseconds and the GC as much again).
+      const whole = block.data.byteOffset === 0 && block.data.byteLength === block.data.buffer.byteLength;
+      let own: RegionEmbeddings = {
+        data: whole ? block.data : block.data.slice(),
+        count: block.count,
+        key: keys[i],
+      };
       if (embed) own.imageEmbed = embed.data.slice(j * embedWidth, (j + 1) * embedWidth);
       if (this.shared) {
         // This replica uses exactly the values the others will read back.
