@@ -5,7 +5,7 @@
  * prints the markdown tables. Each part runs in a child process of its own, so memory peaks and
  * native engines do not mix between models.
  *
- *   npm run bench -- [--only pipeline,concurrency,segmenter,classify,vision,llm,cluster] [--model bundled,shapes,tiny,full]
+ *   npm run bench -- [--only pipeline,concurrency,segmenter,classify,vision,llm,imaging,cluster] [--model bundled,shapes,tiny,full]
  *     [--repeats N] [--full-repeats N] [--max-tokens N] [--levels 1,4,16] [--seconds S]
  *     [--max-requests N] [--threads N] [--llm-threads N] [--full-layers N]
  *     [--device auto|webgpu|cuda|cpu] [--gpu false|auto|cuda|vulkan|metal] [--max-conversations N]
@@ -19,7 +19,8 @@
  * SAM 2.1-tiny-shaped stand-in on the CPU, with --threads ONNX threads; --model does not apply),
  * classify (bench/classify.ts: text encoding and zero-shot classify latency on the bundled model's CLIP
  * text tower, CPU, --threads ONNX threads, --repeats runs per row; --model does not apply).
- * vision and llm run bench/vision.ts and bench/llm.ts. cluster (bench/cluster.ts, only when asked: it needs
+ * vision, llm and imaging run bench/vision.ts, bench/llm.ts and bench/imaging.ts (preprocessing vs
+ * Pillow, the event loop under 12 MP uploads, the server's ceiling, encoder batching). cluster (bench/cluster.ts, only when asked: it needs
  * redis-server, haproxy and dist/) runs the concurrency load against one plain `serve` and through HAProxy
  * with 1 and 2 replicas sharing Redis (deploy/local-cluster.sh), times follow-ups on the owning replica
  * vs. rebuilt on the other one and one SIGKILL failover, and counts Redis commands per request.
@@ -46,9 +47,18 @@ import { runTsChild } from "./synthetic-models.js";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, "..");
 
-type Part = "pipeline" | "concurrency" | "segmenter" | "classify" | "vision" | "llm" | "cluster";
+type Part = "pipeline" | "concurrency" | "segmenter" | "classify" | "vision" | "llm" | "imaging" | "cluster";
 type ChildPart = "pipeline" | "concurrency" | "segmenter" | "classify" | "cluster";
-const PARTS: Part[] = ["pipeline", "concurrency", "segmenter", "classify", "vision", "llm", "cluster"];
+const PARTS: Part[] = [
+  "pipeline",
+  "concurrency",
+  "segmenter",
+  "classify",
+  "vision",
+  "llm",
+  "imaging",
+  "cluster",
+];
 const CHILD_PARTS: ChildPart[] = ["pipeline", "concurrency", "segmenter", "classify", "cluster"];
 const MODEL_SETS: ModelSetName[] = ["bundled", "shapes", "tiny", "full"];
 
@@ -273,12 +283,12 @@ async function parent(): Promise<void> {
     `machine: ${report.machine.cpuModel}, ${report.machine.cores} cores, load ${report.machine.loadAverage.join(" ")}`,
   );
   for (const part of parts) {
-    if (part === "vision" || part === "llm") {
+    if (part === "vision" || part === "llm" || part === "imaging") {
       const script = path.join(here, `${part}.ts`);
       const args =
-        part === "vision"
-          ? ["--threads", String(common.visionThreads)]
-          : ["--threads", String(common.llmThreads)];
+        part === "llm"
+          ? ["--threads", String(common.llmThreads)]
+          : ["--threads", String(common.visionThreads)];
       log(`running bench/${part}.ts ${args.join(" ")}`);
       try {
         const output = await runTsChild(script, args);

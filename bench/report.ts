@@ -7,7 +7,7 @@ import type { SegmenterBenchResult, Spread } from "./segmenter.js";
 import type { MachineInfo } from "./stats.js";
 
 export interface ExternalBenchResult {
-  part: "vision" | "llm";
+  part: "vision" | "llm" | "imaging";
   command: string;
   output: string;
 }

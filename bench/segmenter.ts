@@ -21,7 +21,7 @@ import {
   SHAPES_SEGMENTER_ARCHITECTURE,
   SamSegmenter,
   miniSamParameterShapes,
-  preprocessForSam,
+  SamProcessor,
   randomMiniSamWeights,
   writeMiniSamFolder,
   type MiniSamArchitecture,
@@ -33,7 +33,7 @@ import {
   AlphaClipEncoder,
   boxToMask,
   decodeImage,
-  preprocessForLlava,
+  LlavaImageProcessor,
   type Box,
   type Mask,
   type RgbImage,
@@ -334,10 +334,12 @@ class AlphaClipTimer {
   }
   async time(image: RgbImage, mask: Mask): Promise<{ preprocessMs: number; encodeMs: number }> {
     let t = performance.now();
-    const pre = preprocessForLlava(image, mask, this.encoder.imageSize);
+    // The server's path: the native kernels in the imaging pool.
+    const processor = new LlavaImageProcessor(this.encoder.imageSize);
+    const [{ pixelValues }, alpha] = await Promise.all([processor.image(image), processor.alphas([mask])]);
     const preprocessMs = performance.now() - t;
     t = performance.now();
-    await this.encoder.encode({ pixelValues: pre.pixelValues, alpha: pre.alpha });
+    await this.encoder.encode({ pixelValues, alpha });
     return { preprocessMs, encodeMs: performance.now() - t };
   }
   dispose(): Promise<void> {
@@ -400,7 +402,7 @@ async function measureRow(
     }
     // SAM preprocessing alone, once per image (it is inside encodeMs above).
     const t = performance.now();
-    preprocessForSam(scene.image, segmenter.config);
+    await new SamProcessor(segmenter.config).image(scene.image);
     const prepMs = performance.now() - t;
     first.prep.push(prepMs);
     if (c0.result) first.run.push(c0.result.timings.encodeMs - prepMs);

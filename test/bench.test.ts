@@ -24,6 +24,9 @@ import {
 import { hieraTinyEncoderMacs, miniSamMacs, runSegmenterBench } from "../bench/segmenter.js";
 import { metricSum, parseMetrics, quantile, round, spread } from "../bench/stats.js";
 import { SAM21_TINY_SHAPED_ARCHITECTURE } from "../src/segmenter/index.js";
+import { instantEncoder, instantLlm } from "../bench/instant-engines.js";
+import { LocalRegionVqaPipeline } from "../src/pipeline/index.js";
+import { makeImage } from "./support/server.js";
 import { alive } from "./support/processes.js";
 
 const engine = {
@@ -148,6 +151,30 @@ describe("bench on the tiny models", () => {
 });
 
 describe("segmenter bench", () => {
+  it("the ceiling's instant engines run the real pipeline with the real shapes (576 x 4096 per region)", async () => {
+    const encoder = instantEncoder();
+    const pipeline = LocalRegionVqaPipeline.fromEngines(
+      { maxConversations: 2 },
+      { encoder, llm: instantLlm(2) },
+    );
+    try {
+      const image = await makeImage(64, 48);
+      const [block] = await pipeline.embedRegions(image, [{ kind: "box", box: [4, 4, 30, 30] }]);
+      expect([block.count, block.data.length / block.count]).toEqual([576, 4096]);
+      expect(block.imageEmbed?.length).toBe(768);
+      const conversation = await pipeline.openConversation(image, { kind: "box", box: [4, 4, 30, 30] });
+      const result = await conversation.ask("What colour is it?", { maxTokens: 6 }).result;
+      expect(result.completionTokens).toBe(6);
+      expect(result.promptTokens).toBeGreaterThan(576);
+      await conversation.dispose();
+      // The second open found the region in the vision cache: one encoder run for two requests.
+      expect(encoder.runs).toBe(1);
+      expect(pipeline.stats().encoder).toEqual({ runs: 1, requests: 1, regions: 1 });
+    } finally {
+      await pipeline.dispose();
+    }
+  });
+
   it("counts the SAM 2.1-shaped stand-in's multiply-accumulates from its conv shapes", () => {
     const macs = miniSamMacs(SAM21_TINY_SHAPED_ARCHITECTURE);
     expect(macs.uncounted).toEqual([]);

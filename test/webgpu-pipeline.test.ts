@@ -8,7 +8,7 @@ import { resolveModelOptions } from "../src/models/index.js";
 import { createPipeline, type LocalRegionVqaPipeline } from "../src/pipeline/index.js";
 import { evaluateShapes, type ShapesEvalRecord } from "../src/shapes/index.js";
 import { describeWithGpu, gpuAdapter } from "./support/gpu.js";
-import { json, postJson, startServer } from "./support/server.js";
+import { json, makeImage, postJson, startServer } from "./support/server.js";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { repoRoot } from "./support/tiny-models.js";
@@ -63,6 +63,29 @@ describeWithGpu("the bundled model on WebGPU", () => {
     expect(same / gpu.length).toBeGreaterThanOrEqual(0.98);
     // About 100-115 s on this 2-core machine: llvmpipe runs the vision graph in software.
   }, 300_000);
+
+  it("batches concurrent requests' regions into shared encoder runs (on by default on a GPU), same embeddings", async () => {
+    const gpu = pipelines.webgpu!;
+    const images = await Promise.all([40, 48, 56, 64, 72, 80].map((w) => makeImage(w, 40)));
+    const region = [{ kind: "box" as const, box: [2, 2, 30, 30] as [number, number, number, number] }];
+    gpu.clearVisionCache();
+    const before = gpu.stats().encoder!;
+    const together = await Promise.all(images.map((png) => gpu.embedRegions(png, region)));
+    const after = gpu.stats().encoder!;
+    expect(after.requests - before.requests).toBe(images.length);
+    expect(after.runs - before.runs).toBeLessThan(images.length);
+    gpu.clearVisionCache();
+    for (let i = 0; i < images.length; i++) {
+      const [alone] = await gpu.embedRegions(images[i], region);
+      let worst = 0;
+      let scale = 0;
+      alone.data.forEach((v, k) => {
+        worst = Math.max(worst, Math.abs(v - together[i][0].data[k]));
+        scale = Math.max(scale, Math.abs(v));
+      });
+      expect(worst / scale).toBeLessThan(1e-3);
+    }
+  });
 
   it("serves answers from the WebGPU pipeline over HTTP", async () => {
     const server = await startServer(pipelines.webgpu!);

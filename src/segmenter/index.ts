@@ -22,6 +22,7 @@ export {
 } from "./preprocess.js";
 export { logitsToImage, thresholdLogits } from "./postprocess.js";
 export { resizeBilinear } from "../common/imaging/torch-bilinear.js";
+export { SamProcessor, samNormalizationLut } from "./processor.js";
 export {
   SAM21_TINY_SHAPED_ARCHITECTURE,
   SHAPES_SEGMENTER_ARCHITECTURE,
