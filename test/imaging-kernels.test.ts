@@ -26,6 +26,7 @@ import { seededRandom } from "../src/llm/index.js";
 import {
   alphaToMask,
   alphaToMaskAsync,
+  decodeImage,
   encodeRle,
   encodeRleAsync,
   regionToMask,
@@ -33,6 +34,7 @@ import {
   type Region,
 } from "../src/vision/index.js";
 import { seededImage } from "./support/seeded-image.js";
+import { makeImage } from "./support/server.js";
 
 const native = new ImagingPool({ backend: "native", threads: 3 });
 const typescript = new ImagingPool({ backend: "typescript" });
@@ -322,6 +324,25 @@ describe("the pool", () => {
     const lut = Float32Array.from({ length: 768 }, (_, i) => i);
     await addon.planes({ src, width: W, height: H, lut, frame: 40, out: planes, threads: 2 });
     expect(same(planes, await toPlanes(typescript, src, W, H, lut, 40))).toBe(true);
+  });
+
+  it("an image whose header breaks a limit is refused before any job is queued", async () => {
+    const pool = new ImagingPool({ backend: "native" });
+    const png = await makeImage(300, 100);
+    await expect(decodeImage(png, { maxSide: 200 }, { pool })).rejects.toMatchObject({
+      code: "image_too_many_pixels",
+      message: "The image is 300x100; its longest side may be at most 200 pixels.",
+    });
+    await expect(decodeImage(png, { maxPixels: 29_999 }, { pool })).rejects.toMatchObject({
+      code: "image_too_many_pixels",
+    });
+    await expect(decodeImage(png, { maxBytes: 10 }, { pool })).rejects.toMatchObject({
+      code: "image_too_large",
+    });
+    expect(pool.stats()).toEqual({ active: 0, kernels: 0, waiting: 0, completed: 0 });
+    const ok = await decodeImage(png, { maxSide: 300 }, { pool });
+    expect(ok.sha256).toBe(createHash("sha256").update(png).digest("hex"));
+    expect(pool.stats().completed).toBe(2); // the decode and the hash
   });
 
   it("native arguments of the wrong size are refused with a RangeError, not a crash", async () => {

@@ -70,6 +70,8 @@ async function decodeRaw(
   limits: DecodeLimits | undefined,
   codes: DecodeErrorCodes,
   pool: ImagingPool,
+  /** Called once the header passed every limit, before the pixels are decoded. */
+  onHeaderChecked?: () => void,
 ): Promise<RawPixels> {
   const maxBytes = limits?.maxBytes ?? DEFAULT_DECODE_LIMITS.maxBytes;
   const maxPixels = limits?.maxPixels ?? DEFAULT_DECODE_LIMITS.maxPixels;
@@ -126,6 +128,7 @@ async function decodeRaw(
       { width, height, maxImageSide: limits.maxSide },
     );
   }
+  onHeaderChecked?.();
   let raw: { data: Buffer; info: OutputInfo };
   try {
     raw = await pool.schedule(() =>
@@ -156,10 +159,13 @@ export async function decodeImage(
   options: DecodeOptions = {},
 ): Promise<DecodedImage> {
   const pool = options.pool ?? ImagingPool.shared();
-  // The content key is hashed while the pixels are decoded; both off the event loop.
-  const hashing = bytes instanceof Uint8Array && bytes.length > 0 ? sha256Hex(pool, bytes) : undefined;
-  hashing?.catch(() => undefined);
-  const raw = await decodeRaw(bytes, limits, IMAGE_ERRORS, pool);
+  // The content key is hashed while the pixels are decoded, both off the event loop; nothing is
+  // queued for an image whose header breaks a limit.
+  let hashing: Promise<string> | undefined;
+  const raw = await decodeRaw(bytes, limits, IMAGE_ERRORS, pool, () => {
+    hashing = sha256Hex(pool, bytes);
+    hashing.catch(() => undefined);
+  });
   // RGB as sharp returned it is already our layout: no copy of a 36 MB photo.
   const { rgb, alpha } =
     raw.channels === 3
