@@ -28,6 +28,7 @@ describe("golden fixtures", () => {
     "clip-text-tiny",
     "clip-tokenizer",
     "mini-sam",
+    "pillow-12mp",
   ]) {
     it(`${folder || "top level"}: every file is listed with its true sha256`, () => {
       const dir = path.join(goldenDir, folder);
