@@ -85,6 +85,33 @@ async function timeMs(fn: () => Promise<unknown>, n: number): Promise<number> {
   return median(times);
 }
 
+function jpegOf(image: RgbImage, quality: number): Promise<Buffer> {
+  const { width, height, data } = image;
+  return sharp(data, { raw: { width, height, channels: 3 } })
+    .jpeg({ quality })
+    .toBuffer();
+}
+
+/** `count` JSON ask bodies, each about a new seeded 640 x 480 JPEG (seeds from `seed`) and `box(i)`. */
+function askBodies(
+  count: number,
+  seed: number,
+  maxTokens: number,
+  box: (i: number) => number[],
+): Promise<string[]> {
+  return Promise.all(
+    Array.from({ length: count }, async (_, i) => {
+      const jpeg = await jpegOf(seededImage(640, 480, seed + i), 85);
+      return JSON.stringify({
+        image: `data:image/jpeg;base64,${jpeg.toString("base64")}`,
+        box: box(i),
+        question: "What colour is it?",
+        max_tokens: maxTokens,
+      });
+    }),
+  );
+}
+
 const SAM1: SegmenterConfig = {
   family: "sam1",
   imageSize: 1024,
@@ -297,14 +324,7 @@ const LAG_RESOLUTION_MS = 10;
 async function eventLoop(): Promise<unknown> {
   out("### The event loop while 8 clients upload 12 MP photos (`region-vqa serve`, bundled model)");
   out();
-  const photos = await Promise.all(
-    [1, 2, 3, 4].map(async (seed) => {
-      const { width, height, data } = seededImage(4032, 3024, seed);
-      return sharp(data, { raw: { width, height, channels: 3 } })
-        .jpeg({ quality: 80 })
-        .toBuffer();
-    }),
-  );
+  const photos = await Promise.all([1, 2, 3, 4].map((seed) => jpegOf(seededImage(4032, 3024, seed), 80)));
   const bodies = Array.from({ length: 64 }, (_, i) => {
     const x = 200 + ((i * 211) % 2400);
     const y = 200 + ((i * 157) % 1600);
@@ -382,20 +402,7 @@ async function ceiling(): Promise<unknown> {
       "new 640 x 480 JPEG (JSON, base64) and a box each; the client runs in another process.",
   );
   out();
-  const images = await Promise.all(
-    Array.from({ length: 400 }, async (_, i) => {
-      const { width, height, data } = seededImage(640, 480, 100 + i);
-      const jpeg = await sharp(data, { raw: { width, height, channels: 3 } })
-        .jpeg({ quality: 85 })
-        .toBuffer();
-      return JSON.stringify({
-        image: `data:image/jpeg;base64,${jpeg.toString("base64")}`,
-        box: [40 + (i % 50), 30, 400, 300],
-        question: "What colour is it?",
-        max_tokens: 6,
-      });
-    }),
-  );
+  const images = await askBodies(400, 100, 6, (i) => [40 + (i % 50), 30, 400, 300]);
   const stages: Record<string, number[]> = {};
   const pipeline = LocalRegionVqaPipeline.fromEngines(
     { maxConversations: 16, onStage: (stage, t) => (stages[stage] ??= []).push(t) },
@@ -414,9 +421,9 @@ async function ceiling(): Promise<unknown> {
   });
   const url = (await app.listen({ host: "127.0.0.1", port: 0 })).replace(/\/$/, "");
   out(
-    "| clients | requests | req/s | p50 / p99 latency (ms) | main thread busy | decode (+ hash) | preprocess | encode + prefill (instant) |",
+    "| clients | requests | req/s | p50 / p99 latency (ms) | main thread busy | preprocess | encode + prefill (instant) |",
   );
-  out("| --- | --- | --- | --- | --- | --- | --- | --- |");
+  out("| --- | --- | --- | --- | --- | --- | --- |");
   const rows: unknown[] = [];
   try {
     for (const clients of [1, 4, 16]) {
@@ -443,7 +450,6 @@ async function ceiling(): Promise<unknown> {
         p99: quantile(load.latencies, 0.99),
         mainThreadBusy: elu.utilization,
         stages: {
-          decode: st("decode"),
           preprocess: st("preprocess"),
           encode: st("encode"),
           prefill: st("prefill"),
@@ -451,7 +457,7 @@ async function ceiling(): Promise<unknown> {
       };
       rows.push(row);
       out(
-        `| ${clients} | ${ok} of ${load.latencies.length} | ${row.perSecond.toFixed(1)} | ${ms(row.p50)} / ${ms(row.p99)} | ${(elu.utilization * 100).toFixed(0)}% | ${ms(row.stages.decode)} | ${ms(row.stages.preprocess)} | ${ms(row.stages.encode + row.stages.prefill)} |`,
+        `| ${clients} | ${ok} of ${load.latencies.length} | ${row.perSecond.toFixed(1)} | ${ms(row.p50)} / ${ms(row.p99)} | ${(elu.utilization * 100).toFixed(0)}% | ${ms(row.stages.preprocess)} | ${ms(row.stages.encode + row.stages.prefill)} |`,
       );
       log(`ceiling ${clients} clients: ${row.perSecond.toFixed(1)} req/s`);
     }
@@ -535,20 +541,7 @@ async function batching(): Promise<unknown> {
   out("| batching | req/s | encoder runs per request | regions per run | p50 latency (ms) |");
   out("| --- | --- | --- | --- | --- |");
   const rows: Record<string, unknown> = {};
-  const images = await Promise.all(
-    Array.from({ length: 160 }, async (_, i) => {
-      const { width, height, data } = seededImage(640, 480, 1000 + i);
-      const jpeg = await sharp(data, { raw: { width, height, channels: 3 } })
-        .jpeg({ quality: 85 })
-        .toBuffer();
-      return JSON.stringify({
-        image: `data:image/jpeg;base64,${jpeg.toString("base64")}`,
-        box: [40, 30, 400, 300],
-        question: "What colour is it?",
-        max_tokens: 4,
-      });
-    }),
-  );
+  const images = await askBodies(160, 1000, 4, () => [40, 30, 400, 300]);
   const models = await resolveModelOptions({});
   const http: unknown[] = [];
   for (const maxRegions of [1, 16]) {

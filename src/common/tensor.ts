@@ -27,3 +27,8 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return m;
 }
+
+/** Whether a typed array spans its whole buffer: it can be kept or transferred without touching other data. */
+export function ownsWholeBuffer(a: ArrayBufferView): boolean {
+  return a.byteOffset === 0 && a.byteLength === a.buffer.byteLength;
+}

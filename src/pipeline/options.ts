@@ -134,32 +134,19 @@ export const PIPELINE_DEFAULTS = {
 
 const silentLogger: PipelineLogger = { info: () => undefined, warn: () => undefined };
 
-export type ResolvedPipelineOptions = Required<
-  Omit<
-    PipelineOptions,
-    | "projector"
-    | "segmenter"
-    | "text"
-    | "contextSize"
-    | "systemPrompt"
-    | "warmUp"
-    | "onStage"
-    | "onCache"
-    | "sharedState"
-    | "encoderBatch"
-  >
-> &
-  Pick<
-    PipelineOptions,
-    | "projector"
-    | "segmenter"
-    | "text"
-    | "contextSize"
-    | "systemPrompt"
-    | "warmUp"
-    | "sharedState"
-    | "encoderBatch"
-  > & {
+/** Options that stay optional once resolved (no default: absent means "none" or "the model's"). */
+type StillOptional =
+  | "projector"
+  | "segmenter"
+  | "text"
+  | "contextSize"
+  | "systemPrompt"
+  | "warmUp"
+  | "sharedState"
+  | "encoderBatch";
+
+export type ResolvedPipelineOptions = Required<Omit<PipelineOptions, StillOptional | "onStage" | "onCache">> &
+  Pick<PipelineOptions, StillOptional> & {
     onStage: (stage: PipelineStage, ms: number) => void;
     onCache: (hit: boolean, cache: PipelineCache) => void;
   };

@@ -141,7 +141,7 @@ export class LocalRegionVqaPipeline implements RegionVqaPipeline {
 
   /**
    * The pipeline over engines made elsewhere instead of model files: a fused vision encoder (LLM-ready
-   * embeddings out) and a language model. For benchmarks of the server itself (bench/ceiling.ts runs
+   * embeddings out) and a language model. For benchmarks of the server itself (the ceiling part of bench/imaging.ts runs
    * instant stand-ins of the real shapes); no segmenter, text tower or shared state.
    */
   static fromEngines(

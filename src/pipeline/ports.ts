@@ -2,7 +2,7 @@
  * What the pipeline needs from its engines, as interfaces: `AlphaClipEncoder` (ONNX Runtime) is the
  * vision encoder and `LlavaModel` (llama.cpp) the language model. The pipeline is built over these,
  * so the same flow (decode, regions, preprocessing, caches, batching, conversations) can also run
- * over other engines: the server-ceiling benchmark (bench/ceiling.ts) puts instant stand-ins of the
+ * over other engines: the server-ceiling benchmark (the ceiling part of bench/imaging.ts) puts instant stand-ins of the
  * real shapes here to measure what the server itself costs.
  */
 import type { OpenLlavaConversationOptions } from "../llm/model.js";

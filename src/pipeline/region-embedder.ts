@@ -9,7 +9,7 @@ import { RegionVqaError } from "../common/errors.js";
 import { sha256Hex } from "../common/imaging/kernels.js";
 import { checkRegionCount } from "../common/limits.js";
 import type { OrtProvider } from "../common/ort/index.js";
-import type { Tensor } from "../common/tensor.js";
+import { ownsWholeBuffer, type Tensor } from "../common/tensor.js";
 import { checkProjectorWidths, LlavaProjector } from "../projector/index.js";
 import {
   AlphaClipEncoder,
@@ -201,10 +201,11 @@ export class RegionEmbedder {
     const rgb: RgbImage & Pick<DecodedImage, "sha256"> =
       decoded ?? (await this.timed("decode", () => decodeImage(image, this.options.decodeLimits, { pool })));
     const imageHash = rgb.sha256 ?? (await sha256Hex(pool, image));
-    const masks = await Promise.all(regions.map((r) => regionToMaskAsync(r, rgb.width, rgb.height, pool)));
-    const maskHashes = await Promise.all(
-      masks.map((m, i) => (regions[i].kind === "whole" ? "whole" : sha256Hex(pool, m.data))),
+    // "Whole image" is the reference's no-mask path (null): no mask is made, its key says "whole".
+    const masks = await Promise.all(
+      regions.map((r) => (r.kind === "whole" ? null : regionToMaskAsync(r, rgb.width, rgb.height, pool))),
     );
+    const maskHashes = await Promise.all(masks.map((m) => (m ? sha256Hex(pool, m.data) : "whole")));
     const keys = maskHashes.map((h) => `${this.modelKey}:${imageHash}:${h}`);
     const results = keys.map((k) => {
       const hit = this.cache.get(k);
@@ -220,12 +221,12 @@ export class RegionEmbedder {
     }
     if (todo.length === 0) return results as RegionEmbeddings[];
 
-    // The image is padded and resized once; each region only adds its alpha plane. "Whole image" is
-    // the reference's no-mask path: alpha is foreground everywhere, padding included.
+    // The image is padded and resized once; each region only adds its alpha plane (the whole image:
+    // foreground everywhere, padding included).
     const { pixelValues, alpha } = await this.timed("preprocess", async () => {
       const [image, alpha] = await Promise.all([
         this.processor.image(rgb),
-        this.processor.alphas(todo.map((i) => (regions[i].kind === "whole" ? null : masks[i]))),
+        this.processor.alphas(todo.map((i) => masks[i])),
       ]);
       return { pixelValues: image.pixelValues, alpha };
     });
@@ -236,9 +237,8 @@ export class RegionEmbedder {
       // Own copy per region so that evicting or transferring one never touches another; a block that
       // is the whole buffer (one region per run: the usual case) is its own already (576 x 4096
       // floats are 9.4 MB: a copy costs the event loop milliseconds and the GC as much again).
-      const whole = block.data.byteOffset === 0 && block.data.byteLength === block.data.buffer.byteLength;
       let own: RegionEmbeddings = {
-        data: whole ? block.data : block.data.slice(),
+        data: ownsWholeBuffer(block.data) ? block.data : block.data.slice(),
         count: block.count,
         key: keys[i],
       };

@@ -7,6 +7,7 @@
 import { bilinearMask, bilinearResize, resample, toPlanes } from "../common/imaging/kernels.js";
 import { ImagingPool } from "../common/imaging/pool.js";
 import type { Tensor } from "../common/tensor.js";
+import { knownMask } from "../vision/region.js";
 import type { Mask, RgbImage } from "../vision/types.js";
 import { samFrame } from "./preprocess.js";
 import type { SamFrame, SegmenterConfig } from "./types.js";
@@ -72,6 +73,6 @@ export class SamProcessor {
         height,
       );
     }
-    return { mask: { width, height, data: result.data }, area: result.area };
+    return { mask: knownMask({ width, height, data: result.data }, result.area), area: result.area };
   }
 }

@@ -96,7 +96,7 @@ interface CachedImage {
   fromShared?: boolean;
 }
 
-function encodePromptFeeds(tensors: ReturnType<typeof encodePrompt>): Record<string, WireTensor> {
+function promptFeeds(tensors: ReturnType<typeof encodePrompt>): Record<string, WireTensor> {
   return {
     input_points: tensors.input_points,
     input_labels: tensors.input_labels,
@@ -310,18 +310,20 @@ export class SamSegmenter {
     checkPrompt(prompt, image.width, image.height);
     const key = options.imageKey ?? (await imageKey(image, this.pool));
     let { cached, hit, ms: encodeMs } = await this.encode(image, key);
-    const feeds = encodePromptFeeds(encodePrompt(prompt, cached.frame, this.boxInput));
+    // Prompt tensors are moved to the worker by a run, so each run gets its own.
+    const decode = (entry: CachedImage) =>
+      this.decoder.run(promptFeeds(encodePrompt(prompt, entry.frame, this.boxInput)), {
+        resident: entry.resident,
+      });
     const t0 = performance.now();
     let out: Record<string, WireTensor>;
     try {
-      out = await this.decoder.run(feeds, { resident: cached.resident });
+      out = await decode(cached);
     } catch (err) {
       // The entry left the cache between its lookup and this run (a race with eviction): encode again.
       if (!isRegionVqaError(err) || !err.details?.residentMissing) throw err;
       ({ cached, hit, ms: encodeMs } = await this.encode(image, key));
-      out = await this.decoder.run(encodePromptFeeds(encodePrompt(prompt, cached.frame, this.boxInput)), {
-        resident: cached.resident,
-      });
+      out = await decode(cached);
     }
     const decodeMs = performance.now() - t0;
 

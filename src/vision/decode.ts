@@ -2,6 +2,7 @@ import sharp, { type Metadata, type OutputInfo } from "sharp";
 import { RegionVqaError, type ErrorCode } from "../common/errors.js";
 import { pixelsToMask, sha256Hex, splitPixels } from "../common/imaging/kernels.js";
 import { ImagingPool } from "../common/imaging/pool.js";
+import { knownMask } from "./region.js";
 import type { Mask, RgbImage } from "./types.js";
 
 /** Formats accepted from untrusted input. SVG/PDF and friends are refused on purpose (renderers, not images). */
@@ -202,6 +203,6 @@ export async function decodeMaskImage(
       { maskWidth: img.width, maskHeight: img.height, width, height },
     );
   }
-  const { data } = await pixelsToMask(pool, img.data, img.channels);
-  return { width, height, data };
+  const { data, area } = await pixelsToMask(pool, img.data, img.channels);
+  return knownMask({ width, height, data }, area);
 }

@@ -56,6 +56,16 @@ export function checkMaskFits(mask: Mask, image: RgbImage): void {
   }
 }
 
+/** A mask's data must hold width x height values (`region_invalid`). */
+export function checkMaskData(mask: Mask): void {
+  if (mask.data.length !== mask.width * mask.height) {
+    throw new RegionVqaError(
+      "region_invalid",
+      `The mask has ${mask.data.length} values; ${mask.width}x${mask.height} needs ${mask.width * mask.height}.`,
+    );
+  }
+}
+
 export function checkSize(size: number): void {
   if (!Number.isInteger(size) || size < 1 || size > 4096)
     throw new RangeError(`preprocess: invalid target size ${size}`);
@@ -168,22 +178,34 @@ export function llavaAlphaFromMask(
     foreground.fill(1);
     return { alpha: { data: alpha, shape: [1, 1, size, size] }, foreground };
   }
-  if (mask.data.length !== mask.width * mask.height) {
-    throw new RegionVqaError(
-      "region_invalid",
-      `The mask has ${mask.data.length} values; ${mask.width}x${mask.height} needs ${mask.width * mask.height}.`,
-    );
-  }
+  checkMaskData(mask);
   const m = padToSquare(maskToRgb(mask));
   const maskResized = pillowResizeBicubic(m.data, m.width, m.height, 3, size, size);
-  const norm = normalizeClip(maskResized, size, size);
-  for (let i = 0; i < plane; i++) {
-    // float32 sum in the reference's order (channel 0 + 1, then + 2)
-    const sum = f(f(norm[i] + norm[plane + i]) + norm[2 * plane + i]);
+  alphaFromResizedMask(maskResized, alpha, foreground);
+  return { alpha: { data: alpha, shape: [1, 1, size, size] }, maskResized, foreground };
+}
+
+/**
+ * The padded + resized mask image (HWC) -> alpha and foreground: the sum of its three normalised
+ * channels (float32, channel 0 + 1, then + 2, the reference's order) > 6 is foreground. Returns the
+ * foreground count.
+ */
+export function alphaFromResizedMask(
+  maskResized: Uint8Array,
+  alpha: Float32Array,
+  foreground: Uint8Array,
+): number {
+  const lut = clipNormalizationLut();
+  let count = 0;
+  for (let i = 0; i < alpha.length; i++) {
+    const sum = f(
+      f(lut[maskResized[3 * i]] + lut[256 + maskResized[3 * i + 1]]) + lut[512 + maskResized[3 * i + 2]],
+    );
     foreground[i] = sum > LLAVA_MASK_SUM_THRESHOLD ? 1 : 0;
     alpha[i] = foreground[i] ? LLAVA_ALPHA_FOREGROUND : LLAVA_ALPHA_BACKGROUND;
+    count += foreground[i];
   }
-  return { alpha: { data: alpha, shape: [1, 1, size, size] }, maskResized, foreground };
+  return count;
 }
 
 /**

@@ -4,12 +4,13 @@
  * a 12-megapixel photo is padded, resized and normalised off the event loop, with its rows split
  * across threads. The pad to a square is virtual: nothing of the square's size is ever built.
  */
-import { RegionVqaError } from "../common/errors.js";
 import { resample, toPlanes, type Canvas } from "../common/imaging/kernels.js";
 import { ImagingPool } from "../common/imaging/pool.js";
 import type { Tensor } from "../common/tensor.js";
 import {
+  alphaFromResizedMask,
   checkImage,
+  checkMaskData,
   checkSize,
   clipNormalizationLut,
   LLAVA_ALPHA_BACKGROUND,
@@ -18,8 +19,6 @@ import {
   LLAVA_PAD_COLOR,
 } from "./preprocess.js";
 import type { Mask, RgbImage } from "./types.js";
-
-const f = Math.fround;
 
 /** expand2square's canvas: the image centred on a square of the pad colour (none when square). */
 function squareCanvas(width: number, height: number): Canvas | undefined {
@@ -94,12 +93,7 @@ export class LlavaImageProcessor {
       outHeight: R,
       filter: "bicubic" as const,
     };
-    if (mask.data.length !== mask.width * mask.height) {
-      throw new RegionVqaError(
-        "region_invalid",
-        `The mask has ${mask.data.length} values; ${mask.width}x${mask.height} needs ${mask.width * mask.height}.`,
-      );
-    }
+    checkMaskData(mask);
     const maskResized = await resample(this.pool, spec);
     const lut = clipNormalizationLut();
     const alpha = new Float32Array(plane);
@@ -115,18 +109,7 @@ export class LlavaImageProcessor {
           alpha,
           foreground,
         }),
-      () => {
-        for (let i = 0; i < plane; i++) {
-          // float32 sum in the reference's order (channel 0 + 1, then + 2)
-          const sum = f(
-            f(lut[maskResized[3 * i]] + lut[256 + maskResized[3 * i + 1]]) +
-              lut[512 + maskResized[3 * i + 2]],
-          );
-          foreground[i] = sum > LLAVA_MASK_SUM_THRESHOLD ? 1 : 0;
-          alpha[i] = foreground[i] ? LLAVA_ALPHA_FOREGROUND : LLAVA_ALPHA_BACKGROUND;
-        }
-        return 0;
-      },
+      () => alphaFromResizedMask(maskResized, alpha, foreground),
     );
     return { alpha, foreground, maskResized };
   }

@@ -172,6 +172,14 @@ function checkedMask(width: number, height: number, data: Uint8Array): Mask {
   return { width, height, data };
 }
 
+/**
+ * A 0/1 mask of its stated size made elsewhere (a decoded mask image, a segmenter's mask) with its
+ * pixel count: when it is not empty, `regionToMaskAsync` takes it as it is.
+ */
+export function knownMask(mask: Mask, area: number): Mask {
+  return area > 0 ? checkedMask(mask.width, mask.height, mask.data) : mask;
+}
+
 /** `alphaToMask` as a job of `pool` (off the event loop with the native addon). */
 export async function alphaToMaskAsync(
   alpha: Uint8Array,
@@ -181,8 +189,7 @@ export async function alphaToMaskAsync(
 ): Promise<Mask> {
   if (alpha.length !== width * height) alphaToMask(alpha, width, height); // throws mask_size_mismatch
   const { data, area } = await thresholdBytes(pool, alpha, ALPHA_REGION_THRESHOLD);
-  // Only a non-empty one may skip regionToMaskAsync's emptiness check later.
-  return area > 0 ? checkedMask(width, height, data) : { width, height, data };
+  return knownMask({ width, height, data }, area);
 }
 
 /** A mask of 1 inside the pixel rectangle [left, right) x [top, bottom): a box, or the whole image. */

@@ -158,6 +158,20 @@ function windowOf(w: FloatWindow) {
   return w.window ?? { left: 0, top: 0, width: w.stride, height: w.rows };
 }
 
+/** The native bilinear job's arguments for `input` resized to outWidth x outHeight. */
+function bilinearArgs(input: FloatWindow, outWidth: number, outHeight: number, threads: number) {
+  const window = windowOf(input);
+  return {
+    src: input.src,
+    stride: input.stride,
+    rows: input.rows,
+    window,
+    x: bilinearTaps(window.width, outWidth),
+    y: bilinearTaps(window.height, outHeight),
+    threads,
+  };
+}
+
 /** PyTorch's bilinear resize (align_corners=False) of a float window to outWidth x outHeight. */
 export function bilinearResize(
   pool: ImagingPool,
@@ -169,16 +183,7 @@ export function bilinearResize(
   return pool.run(
     async (addon, threads) => {
       const out = uninitializedFloats(outWidth * outHeight);
-      await addon.bilinear({
-        src: input.src,
-        stride: input.stride,
-        rows: input.rows,
-        window,
-        x: bilinearTaps(window.width, outWidth),
-        y: bilinearTaps(window.height, outHeight),
-        out,
-        threads,
-      });
+      await addon.bilinear({ ...bilinearArgs(input, outWidth, outHeight, threads), out });
       return out;
     },
     () => resizeBilinear(input.src, input.stride, window, outWidth, outHeight),
@@ -196,16 +201,7 @@ export function bilinearMask(
   return pool.run(
     async (addon, threads) => {
       const data = uninitializedBytes(outWidth * outHeight);
-      const area = await addon.bilinear({
-        src: input.src,
-        stride: input.stride,
-        rows: input.rows,
-        window,
-        x: bilinearTaps(window.width, outWidth),
-        y: bilinearTaps(window.height, outHeight),
-        mask: data,
-        threads,
-      });
+      const area = await addon.bilinear({ ...bilinearArgs(input, outWidth, outHeight, threads), mask: data });
       return { data, area };
     },
     () => {

@@ -130,12 +130,12 @@ const ADDON = "../../../build/Release/region_vqa_imaging.node";
 let loaded: { addon?: NativeImaging; reason?: string } | undefined;
 
 /** The addon, or why the TypeScript kernels run instead. Loaded once per thread. */
-export function loadNativeImaging(env: NodeJS.ProcessEnv = process.env): {
+export function loadNativeImaging(): {
   addon?: NativeImaging;
   reason?: string;
 } {
   if (loaded) return loaded;
-  if (env.REGION_VQA_IMAGING === "typescript") {
+  if (process.env.REGION_VQA_IMAGING === "typescript") {
     loaded = { reason: "REGION_VQA_IMAGING=typescript" };
     return loaded;
   }

@@ -8,6 +8,7 @@ import os from "node:os";
 import type { Worker } from "node:worker_threads";
 import type * as ort from "onnxruntime-node";
 import { RegionVqaError } from "../errors.js";
+import { ownsWholeBuffer } from "../tensor.js";
 import { startSiblingWorker } from "../worker-url.js";
 import type { HostMessage, OwnerMessage } from "./protocol.js";
 import {
@@ -260,8 +261,8 @@ function movable(inputs: Outputs): { message: Outputs; transfer: ArrayBuffer[] }
   const message: Outputs = {};
   const transfer = new Set<ArrayBuffer>();
   for (const [name, t] of Object.entries(inputs)) {
-    const whole = t.data.byteOffset === 0 && t.data.byteLength === t.data.buffer.byteLength;
-    const data = whole && !transfer.has(t.data.buffer as ArrayBuffer) ? t.data : t.data.slice();
+    const data =
+      ownsWholeBuffer(t.data) && !transfer.has(t.data.buffer as ArrayBuffer) ? t.data : t.data.slice();
     transfer.add(data.buffer as ArrayBuffer);
     message[name] = { data, dims: t.dims };
   }
