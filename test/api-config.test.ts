@@ -50,6 +50,26 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ env: { REGION_VQA_THREADS: "0" } })).toThrow(/model.visionThreads/);
     expect(() => loadConfig({ env: { REGION_VQA_THREADS: "0" } })).not.toThrow(/--threads/);
     expect(() => loadConfig({ env: { REGION_VQA_DEVICE: "tpu" } })).toThrow(/model.device must be auto/);
+    // The imaging pool and encoder batching settings.
+    for (const name of [
+      "REGION_VQA_IMAGING_THREADS",
+      "REGION_VQA_IMAGING_JOBS",
+      "REGION_VQA_ENCODER_BATCH",
+    ]) {
+      expect(() => loadConfig({ env: { [name]: "0" } }), name).toThrow(/must be a whole number >= 1/);
+      expect(() => loadConfig({ env: { [name]: "two" } }), name).toThrow(
+        new RegExp(`${name} must be a whole number`),
+      );
+    }
+    expect(() => loadConfig({ env: { REGION_VQA_ENCODER_BATCH_WAIT_MS: "-1" } })).toThrow(
+      /REGION_VQA_ENCODER_BATCH_WAIT_MS must be a whole number/,
+    );
+    expect(() => loadConfig({ env: {}, flags: { model: { encoderBatchWaitMs: 1.5 } } })).toThrow(
+      /model.encoderBatchWaitMs must be a whole number >= 0/,
+    );
+    expect(
+      loadConfig({ env: { REGION_VQA_IMAGING_THREADS: "3", REGION_VQA_ENCODER_BATCH_WAIT_MS: "0" } }).model,
+    ).toMatchObject({ imagingThreads: 3, encoderBatchWaitMs: 0 });
   });
 
   it("reads model settings as typed values: gpu false from the environment or a file", () => {
